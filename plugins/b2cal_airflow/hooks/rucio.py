@@ -28,6 +28,7 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -618,9 +619,14 @@ class RucioHook(BaseHook):
                 if target.exists() and file_checksums(target)[:2] == (record.bytes, record.adler32):
                     continue
                 target.parent.mkdir(parents=True, exist_ok=True)
-                partial = target.with_name(f".{target.name}.partial")
-                shutil.copyfile(record.path, partial)
-                os.replace(partial, target)
+                # Each copy writes its own hidden file, so two tasks registering the same file at once
+                # never rename each other's copy away; the last rename wins with identical content.
+                partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
+                try:
+                    shutil.copyfile(record.path, partial)
+                    os.replace(partial, target)
+                finally:
+                    partial.unlink(missing_ok=True)
 
     def _add_replicas(self, rse: str, records: Sequence[Any], existing: dict[Did, dict[str, Any]]) -> None:
         from rucio.common.exception import RucioException
