@@ -35,6 +35,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: folder_scope(item.nodeid) not in STACK_FOLDERS)
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """Schedule the tests of each folder on one pytest-xdist worker (see :func:`folder_scope`)."""
     from xdist.scheduler import LoadScopeScheduling

@@ -190,6 +190,28 @@ def test_prepare_request_accepts_release_at_site(plugin_db):
     assert "CDC badwire" in result["raw"]
 
 
+def test_prepare_request_takes_site_in_any_case(plugin_db):
+    with session_scope(plugin_db) as session:
+        store.import_catalog(session, PACKAGED, source="test")
+        inventory.register_release(session, "BNL", PACKAGED.release, source="test")
+
+    prepare(request_conf(site="bnl"))
+
+    with session_scope(plugin_db) as session:
+        assert store.get_request(session, "prompt-e0026-b01").site == "BNL"
+
+
+def test_canonical_site_leaves_unknown_and_ambiguous_names(plugin_db):
+    with session_scope(plugin_db) as session:
+        store.import_catalog(session, PACKAGED, source="test")
+        inventory.register_release(session, "Desy", PACKAGED.release, source="test")
+        inventory.register_release(session, "DESY", PACKAGED.release, source="test")
+
+        assert inventory.canonical_site(session, "CERN") == "CERN"
+        assert inventory.canonical_site(session, "desy") == "desy"
+        assert inventory.canonical_site(session, "kek", also_known=["KEK"]) == "KEK"
+
+
 @pytest.mark.parametrize(("started_by", "requester"), [("alice", "alice"), (None, "manager")])
 def test_prepare_request_records_who_started_the_run(plugin_db, started_by, requester):
     with session_scope(plugin_db) as session:

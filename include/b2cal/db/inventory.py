@@ -9,7 +9,7 @@ used it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -71,6 +71,20 @@ def inventory_sites(session: Session) -> list[str]:
     releases = session.scalars(select(SiteRelease.site).distinct())
     errors = session.scalars(select(DiscoveryErrorRecord.site).distinct())
     return sorted({*releases, *errors})
+
+
+def canonical_site(session: Session, name: str, also_known: Collection[str] = ()) -> str:
+    """Return the site whose name matches ``name`` in any case, e.g. ``KEK`` for ``kek``.
+
+    The site inventory and the requests store a site as release discovery named it, while people
+    type it in any case. The candidates are the inventory's sites and ``also_known``. A name that
+    matches none of them, or more than one, is returned unchanged.
+    """
+    known = {*inventory_sites(session), *also_known}
+    if name in known:
+        return name
+    matches = [site for site in known if site.casefold() == name.casefold()]
+    return matches[0] if len(matches) == 1 else name
 
 
 def available_releases(session: Session, site: str) -> list[str]:

@@ -67,6 +67,9 @@ class PrepareRequestOperator(RequestOperator):
         upgrade(self.db_url)
         with session_scope(self.db_url) as session:
             try:
+                if isinstance(conf.get("site"), str):
+                    # Airflow's trigger form takes the site in any case; the inventory has one spelling.
+                    conf["site"] = inventory.canonical_site(session, conf["site"])
                 catalog = store.load_catalog(session, str(conf.get("release")))
                 site_releases = inventory.available_releases(session, str(conf.get("site")))
                 spec = parse_request(conf, catalog, site_releases=site_releases)

@@ -32,15 +32,10 @@ def known_sites(session: Session) -> list[str]:
 def canonical_site(session: Session, name: str) -> str:
     """Return the known site whose name matches ``name`` in any case, e.g. ``KEK`` for ``kek``.
 
-    The site inventory and the requests store the site as discovery named it, while the connection
-    ``b2cal_site_<site>`` is found in any case. A name that matches no known site, or more than one,
-    is returned unchanged.
+    The connection ``b2cal_site_<site>`` is found in any case, but the pages and the stored requests
+    use the site's own spelling. See :func:`b2cal.db.inventory.canonical_site`.
     """
-    known = known_sites(session)
-    if name in known:
-        return name
-    matches = [site for site in known if site.casefold() == name.casefold()]
-    return matches[0] if len(matches) == 1 else name
+    return inventory.canonical_site(session, name, SITES)
 
 
 def release_rows(rows: list[SiteRelease], imported: set[str]) -> list[dict[str, Any]]:
