@@ -98,7 +98,10 @@ def test_one_search_per_poll_for_all_waiters(dev_jira: DevJira, catalog: Catalog
         polls_while_open = watcher.stats.searches
         for name in catalog.names[:5]:
             await asyncio.to_thread(tree.transition_to, keys[name])
-        await asyncio.sleep(1.0)
+        deadline = time.monotonic() + 10
+        while len(released) < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.5)  # room for a wrong release of an open ticket to show
         assert sorted(released) == sorted(catalog.names[:5])
         assert watcher.waiting == len(catalog.names) - 5
         for name in catalog.names[5:]:
@@ -107,7 +110,8 @@ def test_one_search_per_poll_for_all_waiters(dev_jira: DevJira, catalog: Catalog
         return {"polls_while_open": polls_while_open}
 
     result = asyncio.run(scenario())
-    assert 2 <= result["polls_while_open"] <= 4
+    # One search per 0.3 s interval at the most: 4 in the first second, fewer on a loaded machine.
+    assert 1 <= result["polls_while_open"] <= 4
     # One search per poll, plus one per transition_to (it reads the category first).
     assert search_count(dev_jira) - before == watcher.stats.searches + len(catalog.names)
     assert max(watcher.stats.searched_keys) == len(catalog.names)
@@ -178,10 +182,11 @@ def test_event_wakes_the_watcher_before_its_poll(dev_jira: DevJira, catalog: Cat
         await asyncio.to_thread(tree.transition_to, key)
         closed = time.monotonic()
         event_ids[0] = 1
-        await asyncio.wait_for(task, 5)
+        await asyncio.wait_for(task, 30)
         return time.monotonic() - closed
 
-    assert asyncio.run(scenario()) < 1.0
+    # The poll interval is 60 s, so a release within seconds comes from the event.
+    assert asyncio.run(scenario()) < 5
     assert watcher.stats.wakeups == 1
     assert watcher.stats.searches == 1
 
@@ -322,7 +327,8 @@ def test_open_tickets_are_searched_once_per_interval_only() -> None:
         task.cancel()
 
     asyncio.run(scenario())
-    assert 3 <= len(searches) <= 5
+    # At most one search per interval: 2.3 s hold 5 at the most, and fewer only on a loaded machine.
+    assert 2 <= len(searches) <= 5
     gaps = [later - earlier for earlier, later in zip(searches, searches[1:], strict=False)]
     assert min(gaps) > 0.4
 
@@ -336,5 +342,6 @@ def test_young_waiter_is_released_once_old_enough() -> None:
         return time.monotonic() - started
 
     waited = asyncio.run(scenario())
-    assert 0.6 <= waited < 1.0
+    # Released at the second search, after min_wait; the upper bound only tells that from a hang.
+    assert 0.6 <= waited < 3
     assert watcher.stats.searches == 2
