@@ -141,7 +141,7 @@ class LocalDirectoryLister:
         for folder in folders:
             try:
                 with os.scandir(folder) as entries:
-                    files = [
+                    files: list[tuple[str, int | None]] = [
                         (entry.name, entry.stat().st_size)
                         for entry in entries
                         if entry.is_file() and fnmatch.fnmatchcase(entry.name, pattern)

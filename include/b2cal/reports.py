@@ -469,7 +469,7 @@ def count_inputs(
     for input_name in settings.input_data_names:
         values = (filter_overrides or {}).get(input_name, settings.input_data_filters.get(input_name, ()))
         run_filter = RunFilter(values, vocabulary)
-        excluded_tags = run_filter.excluded.get("Data Tag", set())
+        excluded_tags = run_filter.excluded.get("Data Tag", {})
         tags = [tag for tag in run_filter.data_tags if tag not in excluded_tags]
         kept, luminosity = 0, 0.0
         dropped: Counter[str] = Counter()

@@ -601,18 +601,18 @@ def select_input(
     if exclusion is not None:
         exclusion.runs_left = left
         selection.steps.append(exclusion)
-    for key in ("min_events_per_file", "max_files_per_run", "max_events_per_run"):
-        value = getattr(caps, key)
+    for cap in ("min_events_per_file", "max_files_per_run", "max_events_per_run"):
+        value = getattr(caps, cap)
         if not value:
             continue
-        left -= caps_emptied[key]
+        left -= caps_emptied[cap]
         selection.steps.append(
             SelectionStep(
-                f"{key}={value}",
+                f"{cap}={value}",
                 "expert_config",
-                runs_dropped=caps_emptied[key],
+                runs_dropped=caps_emptied[cap],
                 runs_left=left,
-                files_dropped=caps_dropped[key],
+                files_dropped=caps_dropped[cap],
             )
         )
     for step in selection.steps:

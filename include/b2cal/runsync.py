@@ -66,10 +66,8 @@ class CollectionScope:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ValueError(f"collection scope {name}={value!r} must be a non-negative integer or None")
-        if (
-            None not in (self.min_experiment, self.max_experiment)
-            and self.min_experiment > self.max_experiment
-        ):  # type: ignore[operator]
+        low, high = self.min_experiment, self.max_experiment
+        if low is not None and high is not None and low > high:
             raise ValueError(
                 f"collection scope min_experiment={self.min_experiment} is above "
                 f"max_experiment={self.max_experiment}"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, or_, select, tuple_
 from sqlalchemy.orm import Session
@@ -141,7 +141,7 @@ def run_summaries(session: Session, *, with_times: bool = False) -> list[RunSumm
         .where(CollectedRun.missing_since.is_(None))
         .order_by(CollectedRun.experiment, CollectedRun.run)
     )
-    return [RunSummary(*row) for row in session.execute(query)]
+    return [RunSummary(*cast(tuple[Any, ...], row)) for row in session.execute(query)]
 
 
 def version(session: Session) -> tuple[Any, ...]:
