@@ -56,10 +56,17 @@ class IoV:
 
     @classmethod
     def from_list(cls, values: list[int] | tuple[int, ...]) -> IoV:
-        """Build an IoV from a list of four integers, as in ``requested_iov`` of ``caf_config.json``."""
-        if len(values) != 4:
-            raise ValueError(f"IoV {values!r} must have exactly four integers [e1, r1, e2, r2]")
-        return cls(*(int(value) for value in values))
+        """Build an IoV from a list of four integers, as in ``requested_iov`` of ``caf_config.json``.
+
+        :raises ValueError: for anything but a list or tuple of four integers; ``24.5``, ``True`` and
+            ``"24"`` are refused rather than turned into other run numbers.
+        """
+        if not isinstance(values, list | tuple) or len(values) != 4:
+            raise ValueError(f"IoV {values!r} must be a list of exactly four integers [e1, r1, e2, r2]")
+        wrong = [value for value in values if isinstance(value, bool) or not isinstance(value, int)]
+        if wrong:
+            raise ValueError(f"IoV {list(values)!r} holds {wrong[0]!r}, which is not an integer")
+        return cls(*values)
 
     @property
     def first(self) -> tuple[int, int]:

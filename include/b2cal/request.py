@@ -137,11 +137,16 @@ def parse_request(
     if conf.get("bucket") is None:
         raise RequestError("bucket is missing; give the run range as [exp_low, run_low, exp_high, run_high]")
     try:
-        bucket = IoV.from_list(list(conf["bucket"]))
+        bucket = IoV.from_list(conf["bucket"])
     except (TypeError, ValueError) as exc:
         raise RequestError(f"bucket {conf.get('bucket')!r} is invalid: {exc}") from None
 
-    selected = list(conf.get("calibrations") or catalog.names)
+    chosen = conf.get("calibrations") or catalog.names
+    if not isinstance(chosen, list | tuple) or not all(isinstance(name, str) for name in chosen):
+        raise RequestError(
+            f'calibrations {chosen!r} must be a list of calibration names, e.g. ["CDC badwire"]'
+        )
+    selected = list(chosen)
     unknown = [name for name in selected if name not in catalog]
     if unknown:
         raise RequestError(

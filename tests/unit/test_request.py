@@ -105,6 +105,29 @@ def test_open_ended_bucket_is_valid():
     assert spec.bucket.is_open_ended
 
 
+@pytest.mark.parametrize(
+    ("bucket", "named"),
+    [
+        ([24.5, 0, 24, 1], "24.5"),
+        ([True, 0, True, 1], "True"),
+        (["24", 0, 24, 1], "'24'"),
+        ("24,0,24,126", "'24,0,24,126'"),
+    ],
+)
+def test_bucket_of_other_than_integers_is_refused(bucket, named):
+    with pytest.raises(RequestError, match="bucket .* is invalid") as raised:
+        parse_request(conf(bucket=bucket), CATALOG)
+
+    assert named in str(raised.value)
+
+
+def test_calibrations_as_text_is_refused():
+    with pytest.raises(RequestError, match="must be a list of calibration names") as raised:
+        parse_request(conf(calibrations="CDC badwire"), CATALOG)
+
+    assert "'C', 'D'" not in str(raised.value)
+
+
 def test_run_id_depends_on_request_id_only():
     assert request_run_id("prompt-e0026-b01") == request_run_id("prompt-e0026-b01")
     assert request_run_id("prompt-e0026-b01") != request_run_id("prompt-e0026-b02")
