@@ -322,6 +322,18 @@ def test_docs_are_served_once_built(pages, tmp_path):
     assert pages.client.get("/b2cal/docs/").text == "<h1>b2cal documentation</h1>"
 
 
+def test_missing_docs_page_links_to_the_pages(pages, tmp_path):
+    (tmp_path / "docs" / "index.html").write_text("<h1>b2cal documentation</h1>")
+
+    missing = pages.client.get("/b2cal/docs/nope.html", headers={"accept": "text/html"})
+
+    assert missing.status_code == 404
+    assert 'href="/b2cal/static/b2cal.css"' in missing.text
+    assert 'href="/b2cal/durations"' in missing.text
+    assert "/docs/static/" not in missing.text
+    assert "/docs/durations" not in missing.text
+
+
 def test_anonymous_visitors_are_sent_to_the_login(pages):
     def anonymous() -> None:
         raise HTTPException(status_code=401, detail="Not authenticated")

@@ -253,9 +253,18 @@ def login_url(request: Request) -> str:
         return f"{airflow_base(request)}/auth/login/?{urlencode({'next': str(request.url)})}"
 
 
+#: The app's own mounts. A request inside one, such as a missing page of the documentation, has the
+#: mount in its root path, which the links of an error page must leave out.
+FILE_MOUNTS = ("/docs", "/static")
+
+
 def prefix(request: Request) -> str:
     """Return the path under which the pages are mounted, e.g. ``/b2cal``."""
-    return str(request.scope.get("root_path", "")).rstrip("/")
+    root = str(request.scope.get("root_path", "")).rstrip("/")
+    for mount in FILE_MOUNTS:
+        if root.endswith(mount):
+            return root[: -len(mount)]
+    return root
 
 
 def airflow_base(request: Request) -> str:
