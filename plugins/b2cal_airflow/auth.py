@@ -5,8 +5,8 @@ The product's three roles (``b2cal.roles``) become FAB roles with two kinds of p
 * Airflow's own permissions, scoped to the product's DAGs. Every role reads them. Only managers
   may trigger, cancel and clear runs and respond to human-in-the-loop tasks, so the ``sign_off``
   approval is a manager's decision. Experts get no Airflow edit rights, because with them
-  they could also mark the ``sign_off`` task as successful; their reruns go through the product's
-  pages, which check that the calibration is theirs.
+  they could also mark the ``sign_off`` task as successful. A rerun of an expert's own
+  calibration is a product permission instead, checked by :func:`can_rerun`; no page offers it yet.
 * Permissions on the product's own resources (``b2cal Requests``, ``b2cal Sign-off``, ...), checked by
   the calibration pages with :func:`is_allowed`.
 
