@@ -29,7 +29,9 @@ from b2cal.cdst import CDST_JOB
 from b2cal.conddb import ConditionsDBError
 from b2cal.db import gate, store
 from b2cal.db.engine import session_scope
+from b2cal.db.gate import resolve_targets
 from b2cal.db.models import AuditEntry, SignOffRound
+from b2cal.request import parse_request
 from b2cal.tickets import parent_label
 from b2cal_airflow.operators.signoff import (
     CALIBRATED_BUCKET,
@@ -37,7 +39,6 @@ from b2cal_airflow.operators.signoff import (
     RunningUpdateOperator,
     SignOffOperator,
     SignOffReportOperator,
-    resolve_targets,
 )
 
 
@@ -583,6 +584,55 @@ def test_rejection_naming_nothing_reruns_nothing(bucket: Bucket, dag: DAG, quest
     assert len(bucket.conddb().global_tag_payloads(bucket.staging)) == len(PAYLOADS)
 
 
+def add_other_request_round(bucket: Bucket) -> None:
+    """Store another request with a readiness report, so the bucket's rounds get later row ids."""
+    conf = {
+        **bucket.conf,
+        "request_id": "prompt-e0026-b01",
+        "bucket": [26, 0, 26, 99],
+        "staging_tag": "staging_e0026_b01",
+    }
+    with session_scope(bucket.db_url) as session:
+        spec = parse_request(conf, store.load_catalog(session, CATALOG.release))
+        store.save_request(session, spec, CATALOG)
+        gate.add_round(
+            session, spec.uid, clean=False, staging_fingerprint="0" * 64, report={}, report_text="blocked"
+        )
+
+
+def messages(bucket: Bucket, action: str) -> list[str]:
+    return [entry.message for entry in actions(bucket, action)]
+
+
+def test_rounds_are_numbered_per_request(bucket: Bucket, dag: DAG, questions: list) -> None:
+    add_other_request_round(bucket)
+    ctx = open_question(bucket, dag)
+    admit(bucket)
+    params = {"reopen": [bucket.keys["CDC Tracking"]], "comment": "T0 drifts"}
+    with pytest.raises(DownstreamTasksSkipped):
+        dag.get_task("sign_off").execute_complete(ctx, hitl_event("manager", "2", "Reject", params))
+    dag.get_task("handle_rejection").execute(context(bucket))
+    # The rejection emptied the staging tag, so the next report is not clean.
+    with pytest.raises(AirflowException, match="not ready for sign-off"):
+        dag.get_task("readiness_report").execute(context(bucket))
+
+    assert messages(bucket, gate.ACTION_REPORT) == ["round 1: clean", "round 2: not clean"]
+    assert messages(bucket, gate.ACTION_DECISION) == ["Reject round 1: T0 drifts"]
+    assert "round 1: open -> rejected" in messages(bucket, gate.ACTION_ROUND_STATE)
+    [rerun] = messages(bucket, "prepare_rerun")
+    assert rerun.endswith("after the rejection of round 1")
+    with session_scope(bucket.db_url) as session:
+        first, second = session.scalars(
+            select(SignOffRound)
+            .where(SignOffRound.request_id == store.get_request(session, bucket.uid).id)
+            .order_by(SignOffRound.id)
+        )
+        assert (gate.round_number(session, first), gate.round_number(session, second)) == (1, 2)
+        # Audit details keep the row id, which the idempotency checks of a retry match on.
+        assert actions(bucket, gate.ACTION_DECISION)[0].detail["round_id"] == first.id
+    assert first.id == 2, "the other request's round took row id 1"
+
+
 # Helpers
 
 
@@ -594,3 +644,10 @@ def test_resolve_targets_accepts_keys_and_names() -> None:
     ]
     with pytest.raises(ValueError, match="'Nope' is neither"):
         resolve_targets(["Nope"], keys, CALIBRATIONS)
+
+
+def test_resolve_targets_names_every_unknown_item() -> None:
+    keys = {"CDC Tracking": "CAL-1", "CDC badwire": "CAL-2"}
+    with pytest.raises(ValueError, match="'Nope', 'cal-3' is neither") as raised:
+        resolve_targets(["Nope", "CAL-1", "cal-3"], keys, CALIBRATIONS)
+    assert "use one of the ticket keys CAL-1, CAL-2" in str(raised.value)

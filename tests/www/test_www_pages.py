@@ -677,3 +677,158 @@ def test_sign_off_page_without_a_waiting_task(pages, db_url):
     assert response.status_code == 200
     assert "does not wait for a sign-off" in response.text
     assert "No readiness report yet" in response.text
+
+
+def sign_off_entries(db_url: str) -> dict[str, int]:
+    """Return how many audit entries each sign-off action has."""
+    counted = {"sign_off_response": 0, gate.ACTION_AUTHORISED: 0, gate.ACTION_REFUSED: 0}
+    with session_scope(db_url) as session:
+        for entry in session.scalars(select(AuditEntry).where(AuditEntry.action.in_(list(counted)))):
+            counted[entry.action] += 1
+    return counted
+
+
+NOTHING_AUDITED = {"sign_off_response": 0, "sign_off_authorised": 0, "sign_off_refused": 0}
+
+
+@pytest.mark.parametrize("reopen", ["NoSuchCalib", "CAL-2, NoSuchCalib"])
+def test_reject_with_unknown_reopen_entry(pages, db_url, reopen):
+    seed_request(db_url)
+    pages.airflow.hitl = dict(WAITING)
+    token = pages.csrf(SIGNOFF)
+
+    response = pages.client.post(
+        SIGNOFF,
+        data={"csrf_token": token, "decision": "reject", "comment": "bad", "reopen": reopen},
+        follow_redirects=False,
+    )
+
+    assert response.status_code == 422
+    field = response.text.split('id="reopen"', 1)[1].split("</div>", 1)[0]
+    assert "&#39;NoSuchCalib&#39; is neither a ticket key nor a calibration of the request" in field
+    assert 'id="reopen-error"' in field, "the message stands next to the reopen field"
+    assert "CAL-1, CAL-2" in field, "the message names the accepted ticket keys"
+    assert "NoSuchCalib</textarea>" in field, "the manager can correct the entry"
+    assert 'id="signoff-error"' not in response.text, "the message is shown once"
+    assert pages.airflow.answers == []
+    assert sign_off_entries(db_url) == NOTHING_AUDITED
+
+
+def test_reject_with_mixed_case_ticket_key(pages, db_url):
+    seed_request(db_url)
+    pages.airflow.hitl = dict(WAITING)
+    token = pages.csrf(SIGNOFF)
+
+    response = pages.client.post(
+        SIGNOFF,
+        data={"csrf_token": token, "decision": "reject", "comment": "bad", "reopen": "cal-1"},
+        follow_redirects=False,
+    )
+
+    assert response.status_code == 303
+    [answer] = pages.airflow.answers
+    assert answer["params"]["reopen"] == ["cal-1"]
+
+
+AIRFLOW_NO_QUESTION = (
+    "Human-in-the-loop detail does not exist for Task Instance with id 0199e2c4-7a51-7c3e-9a52-6f0d3b1f4c21"
+)
+
+
+@pytest.mark.parametrize(("decision", "attempt"), [("approve", "approval"), ("reject", "rejection")])
+def test_sign_off_before_airflow_waits(pages, db_url, decision, attempt):
+    seed_request(db_url)
+    with session_scope(db_url) as session:
+        store.get_request(session, UID).state = "cdst_produced"
+    # The token is the session's, so a form loaded while Airflow waited still carries a valid one.
+    pages.airflow.hitl = dict(WAITING)
+    token = pages.csrf(SIGNOFF)
+    # Airflow has no human-in-the-loop detail yet, and a response would get its 404.
+    pages.airflow.hitl = None
+    pages.airflow.refuse = AirflowAPIError(404, AIRFLOW_NO_QUESTION)
+    form = {"csrf_token": token, "decision": decision, "comment": "bad"}
+
+    response = pages.client.post(SIGNOFF, data=form, follow_redirects=False)
+
+    assert response.status_code == 409
+    message = response.text.split('id="signoff-error">', 1)[1].split("</p>", 1)[0]
+    assert f"Airflow is not waiting for a sign-off of request {UID} now" in message
+    assert f"your {attempt} was not sent" in message
+    assert "The request is cdst_produced." in message
+    assert "after the readiness report" in message
+    assert "Human-in-the-loop" not in response.text
+    assert pages.airflow.answers == []
+    assert sign_off_entries(db_url) == NOTHING_AUDITED
+
+
+def test_airflow_stops_waiting_before_the_response(pages, db_url):
+    seed_request(db_url)
+    pages.airflow.hitl = dict(WAITING)
+    pages.airflow.refuse = AirflowAPIError(404, AIRFLOW_NO_QUESTION)
+    token = pages.csrf(SIGNOFF)
+
+    response = pages.client.post(SIGNOFF, data={"csrf_token": token, "decision": "approve"})
+
+    assert response.status_code == 409
+    assert f"Airflow is not waiting for a sign-off of request {UID} now" in response.text
+    assert "Human-in-the-loop" not in response.text
+    assert sign_off_entries(db_url) == NOTHING_AUDITED
+
+
+def test_airflow_failing_to_show_the_task(pages, db_url, monkeypatch):
+    seed_request(db_url)
+    pages.airflow.hitl = dict(WAITING)
+    token = pages.csrf(SIGNOFF)
+
+    async def failing(*args, **kwargs):
+        raise AirflowAPIError(500, "database is locked")
+
+    monkeypatch.setattr(pages.airflow, "hitl_detail", failing)
+
+    response = pages.client.post(SIGNOFF, data={"csrf_token": token, "decision": "approve"})
+
+    assert response.status_code == 502
+    assert "Airflow did not show the sign-off task (500): database is locked" in response.text
+    assert pages.airflow.answers == []
+    assert sign_off_entries(db_url) == NOTHING_AUDITED
+
+
+def test_sign_off_page_numbers_rounds_per_request(pages, db_url):
+    seed_request(db_url)
+    with session_scope(db_url) as session:
+        other = store.get_request(session, UID)
+        spec = RequestSpec(
+            uid="prompt-e0026-r00001",
+            kind="prompt",
+            site="BNL",
+            release=other.release,
+            bucket=IoV(26, 61, 26, 90),
+            calibrations=tuple(CHAIN),
+            staging_tag="staging_prompt_e0026_b",
+            running_tag="b2cal_prompt_running",
+            requested_by="manager",
+        )
+        store.save_request(session, spec, load_packaged_release())
+    with session_scope(db_url) as session:
+        # Another request's round comes first, so this request's rounds have the ids 2 and 3.
+        gate.add_round(
+            session, spec.uid, clean=True, staging_fingerprint="e" * 64, report={}, report_text="other"
+        )
+    decide_round(db_url, "Reject", "manager")
+    with session_scope(db_url) as session:
+        gate.add_round(
+            session,
+            UID,
+            clean=True,
+            staging_fingerprint="f" * 64,
+            report={"blockers": []},
+            report_text="Every check passed.",
+            dag_run_id=RUN_ID,
+        )
+
+    page = pages.client.get(SIGNOFF).text
+
+    readiness = page.split('id="readiness">', 1)[1].split("</p>", 1)[0]
+    assert "Round 2, report state: open" in readiness
+    decisions = page.split('id="decisions"', 1)[1].split("</table>", 1)[0]
+    assert "Reject round 1: checked" in decisions

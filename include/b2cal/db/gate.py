@@ -8,11 +8,11 @@ the report becomes ``invalidated``. Every change is also written to the audit lo
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from b2cal.catalog import Catalog
@@ -105,6 +105,59 @@ def clear_checks(session: Session, uid: str, calibrations: Iterable[str]) -> Non
     )
 
 
+def resolve_targets(
+    items: Iterable[str], ticket_keys: Mapping[str, str], calibrations: Sequence[str]
+) -> list[str]:
+    """Return the calibrations that a list of ticket keys or calibration names refers to.
+
+    Ticket keys match in any case, calibration names exactly. Blank items are skipped and each
+    calibration is listed once, in the order of its first mention.
+
+    :param ticket_keys: the ticket key of each calibration that has one
+    :raises ValueError: naming each item that is neither, and what is accepted
+    """
+    by_key = {key.upper(): name for name, key in ticket_keys.items()}
+    found, unknown = [], []
+    for item in items:
+        text = str(item).strip()
+        if not text:
+            continue
+        if text in calibrations:
+            found.append(text)
+        elif text.upper() in by_key:
+            found.append(by_key[text.upper()])
+        else:
+            unknown.append(text)
+    if unknown:
+        raise ValueError(
+            f"{', '.join(repr(item) for item in unknown)} is neither a ticket key nor a calibration of the "
+            f"request; use one of the ticket keys {', '.join(sorted(ticket_keys.values()))} "
+            "or a calibration name"
+        )
+    return list(dict.fromkeys(found))
+
+
+def resolve_reopen(request: ProcessingRequest, items: Iterable[str]) -> list[str]:
+    """Return the calibrations of ``request`` that a rejection's ``reopen`` entries name.
+
+    :raises ValueError: naming each entry that is neither a ticket key nor a calibration of the request
+    """
+    keys = {item.calibration: item.ticket_key for item in request.progress if item.ticket_key}
+    return resolve_targets(items, keys, list(request.calibrations))
+
+
+def round_number(session: Session, round_row: SignOffRound) -> int:
+    """Return the ordinal of a stored round among its request's sign-off rounds, counting from 1.
+
+    Rounds are numbered in the order they were stored, so the number is the one shown to users,
+    while ``round_row.id`` stays the key that audit details store as ``round_id``.
+    """
+    earlier = select(func.count(SignOffRound.id)).where(
+        SignOffRound.request_id == round_row.request_id, SignOffRound.id <= round_row.id
+    )
+    return int(session.scalar(earlier) or 0)
+
+
 def add_round(
     session: Session,
     uid: str,
@@ -144,7 +197,7 @@ def add_round(
         "system",
         ACTION_REPORT,
         request_uid=uid,
-        message=f"round {row.id}: {'clean' if clean else 'not clean'}",
+        message=f"round {round_number(session, row)}: {'clean' if clean else 'not clean'}",
         round_id=row.id,
         staging_fingerprint=staging_fingerprint,
         blockers=len(report.get("blockers", [])),
@@ -193,7 +246,7 @@ def set_round_state(
         actor,
         ACTION_ROUND_STATE,
         request_uid=_uid(session, round_row),
-        message=message or f"round {round_row.id}: {previous} -> {state}",
+        message=message or f"round {round_number(session, round_row)}: {previous} -> {state}",
         round_id=round_row.id,
         previous=previous,
         state=state,
@@ -228,7 +281,7 @@ def record_decision(
         user,
         ACTION_DECISION,
         request_uid=_uid(session, round_row),
-        message=f"{decision} round {round_row.id}" + (f": {comment}" if comment else ""),
+        message=f"{decision} round {round_number(session, round_row)}" + (f": {comment}" if comment else ""),
         round_id=round_row.id,
         decision=decision,
         decided_at=at.isoformat(),

@@ -21,7 +21,7 @@ The steps of a request's DAG run after its calibrations:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any
@@ -56,34 +56,6 @@ ACTION_TAG_STATE = "tag_state"
 def _tag_state(client: ConditionsDB, name: str) -> str | None:
     tag = client.get_global_tag(name)
     return client.tag_state(tag) if tag is not None else None
-
-
-def resolve_targets(
-    items: Iterable[str], ticket_keys: dict[str, str], calibrations: Sequence[str]
-) -> list[str]:
-    """Return the calibrations that a list of ticket keys or calibration names refers to.
-
-    :raises ValueError: naming each item that is neither, and what is accepted
-    """
-    by_key = {key.upper(): name for name, key in ticket_keys.items()}
-    found, unknown = [], []
-    for item in items:
-        text = str(item).strip()
-        if not text:
-            continue
-        if text in calibrations:
-            found.append(text)
-        elif text.upper() in by_key:
-            found.append(by_key[text.upper()])
-        else:
-            unknown.append(text)
-    if unknown:
-        raise ValueError(
-            f"{', '.join(repr(item) for item in unknown)} is neither a ticket key nor a calibration of the "
-            f"request; use one of the ticket keys {', '.join(sorted(ticket_keys.values()))} "
-            "or a calibration name"
-        )
-    return list(dict.fromkeys(found))
 
 
 class SignOffReportOperator(RequestOperator):
@@ -140,19 +112,17 @@ class SignOffReportOperator(RequestOperator):
                 report_text=text,
                 dag_run_id=context["run_id"],
             )
-            round_id = round_row.id
+            round_id, number = round_row.id, gate.round_number(session, round_row)
         if not report.clean:
             blockers = [f"{blocker.owner}: {blocker.message}" for blocker in report.blockers]
             self.set_state("signoff_blocked", blockers=blockers, round_id=round_id)
-            self.log.error("Request %s is not ready for sign-off (round %s):\n%s", spec.uid, round_id, text)
+            self.log.error("Request %s is not ready for sign-off (round %s):\n%s", spec.uid, number, text)
             raise AirflowException(
                 f"request {spec.uid} is not ready for sign-off: {len(blockers)} problems, to be solved by "
                 f"{', '.join(report.owners())}; clear this task once they are solved.\n" + "\n".join(blockers)
             )
         self.set_state("awaiting_signoff", report=text, round_id=round_id)
-        self.log.info(
-            "Request %s is ready for sign-off (round %s): %s", spec.uid, round_id, report.operations
-        )
+        self.log.info("Request %s is ready for sign-off (round %s): %s", spec.uid, number, report.operations)
         return text
 
 
@@ -229,8 +199,9 @@ class SignOffOperator(ApprovalOperator):
             request = store.get_request(session, self.request_id)
             staging_tag = request.staging_tag
             round_row = gate.require_round(session, self.request_id)
-            round_id, state, expected, text = (
+            round_id, number, state, expected, text = (
                 round_row.id,
+                gate.round_number(session, round_row),
                 round_row.state,
                 round_row.staging_fingerprint,
                 round_row.report_text,
@@ -266,7 +237,7 @@ class SignOffOperator(ApprovalOperator):
             return self.execute_complete(context, pending)
         if state != "open":
             raise AirflowFailException(
-                f"the newest readiness report of {self.request_id} (round {round_id}) is {state}, and the "
+                f"the newest readiness report of {self.request_id} (round {number}) is {state}, and the "
                 "sign-off opens only on a clean report: clear readiness_report to make a new one"
             )
         current = fingerprint(
@@ -278,10 +249,10 @@ class SignOffOperator(ApprovalOperator):
                     session,
                     gate.require_round(session, self.request_id),
                     "invalidated",
-                    message=f"round {round_id}: staging tag {staging_tag} changed after the report",
+                    message=f"round {number}: staging tag {staging_tag} changed after the report",
                 )
             raise AirflowFailException(
-                f"staging tag {staging_tag} changed after readiness report round {round_id}: clear "
+                f"staging tag {staging_tag} changed after readiness report round {number}: clear "
                 "readiness_report to report on its current contents"
             )
         notes = [f"> **Rejected response:** {note}" for note in self.refusal_notes]
@@ -319,12 +290,10 @@ class SignOffOperator(ApprovalOperator):
         targets: list[str] = []
         comment = str(params_input.get("comment") or "").strip()
         if decision == self.REJECT:
-            with session_scope(self.db_url) as session:
-                request = store.get_request(session, self.request_id)
-                keys = {item.calibration: item.ticket_key for item in request.progress if item.ticket_key}
-                calibrations = list(request.calibrations)
             try:
-                targets = resolve_targets(params_input.get("reopen") or [], keys, calibrations)
+                with session_scope(self.db_url) as session:
+                    request = store.get_request(session, self.request_id)
+                    targets = gate.resolve_reopen(request, params_input.get("reopen") or [])
             except ValueError as exc:
                 return self._refuse(
                     context, user_name, f"the rejection by {user_name} was not applied: {exc}"
@@ -343,8 +312,9 @@ class SignOffOperator(ApprovalOperator):
         with session_scope(self.db_url) as session:
             round_row = gate.require_round(session, self.request_id)
             if round_row.state != "open":
+                number = gate.round_number(session, round_row)
                 raise AirflowFailException(
-                    f"readiness report round {round_row.id} of {self.request_id} is {round_row.state}, "
+                    f"readiness report round {number} of {self.request_id} is {round_row.state}, "
                     "so the response cannot apply to it: clear readiness_report"
                 )
             gate.record_decision(
@@ -425,6 +395,7 @@ class RunningUpdateOperator(RequestOperator):
         with session_scope(self.db_url) as session:
             round_row = gate.require_round(session, spec.uid)
             round_id, state = round_row.id, round_row.state
+            number = gate.round_number(session, round_row)
             decision, approver = round_row.decision, round_row.decided_by or "system"
             expected = round_row.staging_fingerprint
             approved = [*round_row.report.get("to_close", []), *round_row.report.get("to_add", [])]
@@ -435,11 +406,11 @@ class RunningUpdateOperator(RequestOperator):
                     "system",
                     "running_update_refused",
                     request_uid=spec.uid,
-                    message=f"round {round_id} is {state} with decision {decision}",
+                    message=f"round {number} is {state} with decision {decision}",
                     round_id=round_id,
                 )
             raise AirflowFailException(
-                f"the newest readiness report of {spec.uid} (round {round_id}) is {state}, not approved by a "
+                f"the newest readiness report of {spec.uid} (round {number}) is {state}, not approved by a "
                 "calibration manager: the running update does not run"
             )
 
@@ -447,14 +418,14 @@ class RunningUpdateOperator(RequestOperator):
         current = fingerprint(client.global_tag_payloads(spec.staging_tag))
         if current != expected:
             self._invalidate(
-                client, spec, round_id, f"staging tag {spec.staging_tag} changed after the report"
+                client, spec, round_id, number, f"staging tag {spec.staging_tag} changed after the report"
             )
         self._change_state(client, spec, "VALIDATED", approver)
 
         dry = client.running_update(spec.staging_tag, spec.running_tag, spec.bucket.first, dry_run=True)
         if extra := dry.unapproved(approved):
             self._invalidate(
-                client, spec, round_id, f"the running update now holds unapproved operations {extra}"
+                client, spec, round_id, number, f"the running update now holds unapproved operations {extra}"
             )
         if dry.problems:
             raise AirflowFailException(
@@ -532,7 +503,10 @@ class RunningUpdateOperator(RequestOperator):
                 tag=spec.staging_tag,
             )
 
-    def _invalidate(self, client: ConditionsDB, spec: RequestSpec, round_id: int, reason: str) -> None:
+    def _invalidate(
+        self, client: ConditionsDB, spec: RequestSpec, round_id: int, number: int, reason: str
+    ) -> None:
+        """Invalidate round ``number`` (stored with id ``round_id``) and fail the task without retries."""
         if _tag_state(client, spec.staging_tag) == "TESTING":
             self._change_state(client, spec, "OPEN", "system")
         with session_scope(self.db_url) as session:
@@ -540,13 +514,13 @@ class RunningUpdateOperator(RequestOperator):
                 session,
                 gate.require_round(session, spec.uid),
                 "invalidated",
-                message=f"round {round_id}: {reason}",
+                message=f"round {number}: {reason}",
             )
             store.set_request_state(
                 session, spec.uid, "signoff_invalidated", reason=reason, round_id=round_id
             )
         raise AirflowFailException(
-            f"the sign-off of {spec.uid} (round {round_id}) no longer applies: {reason}; clear "
+            f"the sign-off of {spec.uid} (round {number}) no longer applies: {reason}; clear "
             "readiness_report to make a new report and sign off again"
         )
 
@@ -584,10 +558,11 @@ class RejectSignOffOperator(RequestOperator, SkipMixin):
         with session_scope(self.db_url) as session:
             round_row = gate.require_round(session, spec.uid)
             round_id, state = round_row.id, round_row.state
+            number = gate.round_number(session, round_row)
             decision = dict(round_row.report.get("decision") or {})
         if state != "rejected":
             raise AirflowFailException(
-                f"readiness report round {round_id} of {spec.uid} is {state}, not rejected"
+                f"readiness report round {number} of {spec.uid} is {state}, not rejected"
             )
         manager = str(decision.get("user") or "the calibration manager")
         comment = str(decision.get("comment") or "")
@@ -604,7 +579,7 @@ class RejectSignOffOperator(RequestOperator, SkipMixin):
                     manager,
                     ACTION_TAG_STATE,
                     request_uid=spec.uid,
-                    message=f"{spec.staging_tag}: back to OPEN after the rejection of round {round_id}",
+                    message=f"{spec.staging_tag}: back to OPEN after the rejection of round {number}",
                 )
         if not affected:
             self.set_state("rejected", round_id=round_id, reopened=[])
@@ -632,7 +607,7 @@ class RejectSignOffOperator(RequestOperator, SkipMixin):
                         spec.uid,
                         store.get_cdst_attempt(session, spec.uid) + 1,
                         actor=manager,
-                        reason=f"{', '.join(plan.cdst_causes)} rejected in round {round_id}",
+                        reason=f"{', '.join(plan.cdst_causes)} rejected in round {number}",
                     )
                 for name in affected:
                     row = store.get_progress(session, spec.uid, name)
@@ -655,7 +630,7 @@ class RejectSignOffOperator(RequestOperator, SkipMixin):
                     manager,
                     ACTION_RERUN,
                     request_uid=spec.uid,
-                    message=f"rerun {', '.join(clean_start)} after the rejection of round {round_id}",
+                    message=f"rerun {', '.join(clean_start)} after the rejection of round {number}",
                     round_id=round_id,
                     rerun=affected,
                     rerun_cdst_production=plan.cdst_production,

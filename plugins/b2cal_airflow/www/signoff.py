@@ -19,7 +19,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from b2cal.db import store
+from b2cal.db import gate, store
 from b2cal.db.engine import session_scope
 from b2cal_airflow.auth import MANAGER_ROLE, ProductAction, is_calibration_manager, user_login
 from b2cal_airflow.www import data
@@ -135,6 +135,29 @@ def split_items(text: str) -> list[str]:
     return [item.strip() for line in text.splitlines() for item in line.split(",") if item.strip()]
 
 
+def reopen_problem(row: Any, reopen: list[str]) -> str | None:
+    """Return why the ``reopen`` entries of a rejection of request ``row`` are invalid, or None.
+
+    The entries are checked with the rule that the ``sign_off`` task applies to the response
+    (:func:`b2cal.db.gate.resolve_reopen`), so a rejection that the task would not apply is not sent.
+    """
+    try:
+        gate.resolve_reopen(row, reopen)
+    except ValueError as exc:
+        return f"The reopen field is invalid, so the rejection was not sent: {exc}."
+    return None
+
+
+def not_waiting_message(uid: str, decision: str, state: str) -> str:
+    """Return the message that Airflow does not wait for a sign-off of request ``uid`` now."""
+    attempt = "approval" if decision == "approve" else "rejection"
+    return (
+        f"Airflow is not waiting for a sign-off of request {uid} now, so your {attempt} was not sent. "
+        f"The request is {state}. Airflow asks for the sign-off after the readiness report, once every "
+        "calibration's ticket is done and every check passed."
+    )
+
+
 async def _hitl(
     airflow: AirflowClient, dag_id: str, run_id: str | None
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -153,8 +176,10 @@ def _context(session: Any, uid: str, user: Any) -> tuple[Any, dict[str, Any]]:
         raise HTTPException(status_code=404, detail=str(exc)) from None
     counts = data.state_counts((item.job_state, item.ticket_state) for item in row.progress)
     rounds = data.signoff_rounds(session, row)
-    for item in rounds:
+    for index, item in enumerate(rounds):
         item["decision_text"] = decided_text(item["decision"])
+        # The rounds come newest first, and the oldest is round 1, as in gate.round_number.
+        item["number"] = len(rounds) - index
     entries = data.audit_entries(session, uid)
     decisions = [entry for entry in entries if entry["action"] == "sign_off_decision"]
     responses = [entry for entry in entries if entry["action"] == RESPONSE_ACTION]
@@ -175,11 +200,14 @@ def _context(session: Any, uid: str, user: Any) -> tuple[Any, dict[str, Any]]:
 def _task_context(hitl: dict[str, Any] | None, problem: str | None, user: Any) -> dict[str, Any]:
     waiting = bool(hitl) and not hitl.get("response_received")
     chosen = (hitl or {}).get("chosen_options") or []
+    may_decide = waiting and is_calibration_manager(user)
     return {
         "hitl": hitl,
         "hitl_problem": problem,
         "waiting": waiting,
-        "may_decide": waiting and is_calibration_manager(user),
+        "may_decide": may_decide,
+        # The form has a reopen field only when the task declares the ``reopen`` parameter.
+        "reopen_field": may_decide and "reopen" in ((hitl or {}).get("params") or {}),
         "answer_text": ", ".join(decided_text(option) for option in chosen),
         "answered_at": _time_text((hitl or {}).get("responded_at")),
     }
@@ -219,6 +247,52 @@ async def _signed_off_page(
     return render(request, "signoff.html", context, status_code=409)
 
 
+async def _send_response(
+    airflow: AirflowClient,
+    dag_id: str,
+    uid: str,
+    run_id: str,
+    state: str,
+    decision: str,
+    comment: str,
+    reopen: list[str],
+    actor: str,
+) -> tuple[str | None, int, bool]:
+    """Send ``decision`` to the ``sign_off`` task of run ``run_id`` if Airflow waits for it.
+
+    The result is the error to show (None once Airflow accepted the response), its HTTP status, and
+    whether the task had a response already.
+    """
+    try:
+        hitl = await airflow.hitl_detail(dag_id, run_id, SIGN_OFF_TASK)
+    except AirflowAPIError as exc:
+        log.warning("Airflow did not show the sign-off task of %s: %s", uid, exc)
+        error = f"Airflow did not show the sign-off task ({exc.status}): {exc.detail}. Nothing was sent."
+        return error, 502 if exc.status >= 500 else exc.status, False
+    if hitl is None:
+        # Airflow has no question to answer yet. A response now would fail with Airflow's 404, after
+        # the API server's sign-off guard had already audited the user as admitted.
+        log.info("Request %s (%s): Airflow does not wait for a sign-off, so nothing was sent", uid, state)
+        return not_waiting_message(uid, decision, state), 409, False
+    if hitl.get("response_received"):
+        return None, 409, True
+    params = answer_params(hitl, comment, reopen)
+    try:
+        await airflow.respond(dag_id, run_id, SIGN_OFF_TASK, DECISIONS[decision], params)
+    except AirflowAPIError as exc:
+        log.warning("Airflow rejected the sign-off of %s by %s: %s", uid, actor, exc)
+        # Airflow 3.3's hitlDetails endpoint returns 409 only when the task has a response already,
+        # and 404 when the task instance has no human-in-the-loop detail.
+        # NOTE: the sign-off guard has audited the user as admitted before Airflow's 404.
+        if exc.status == 409:
+            return None, 409, True
+        if exc.status == 404:
+            return not_waiting_message(uid, decision, state), 409, False
+        error = f"Airflow rejected the response ({exc.status}): {exc.detail}"
+        return error, 502 if exc.status >= 500 else exc.status, False
+    return None, 200, False
+
+
 @router.post("/requests/{uid}/signoff", response_class=HTMLResponse)
 async def signoff_submit(
     request: Request, uid: str, user: UserDep, settings: SettingsDep, airflow: AirflowDep
@@ -242,7 +316,12 @@ async def signoff_submit(
     with session_scope(settings.db_url()) as session:
         row, context = _context(session, uid, user)
         run_id = row.dag_run_id
+        state = row.state
+        invalid_reopen = reopen_problem(row, reopen) if decision == "reject" else None
+
     error = None
+    # The form field that the error concerns, so that the page shows the error next to it.
+    error_field = None
     status = 422
     if decision not in DECISIONS:
         error = f"decision {decision!r} is unknown; press Approve or Reject"
@@ -252,26 +331,22 @@ async def signoff_submit(
         error = "The request has no Airflow run, so there is nothing to sign off."
     elif decision == "approve" and reopen:
         error = "Tickets to reopen go with a rejection; clear the reopen field to approve."
+    elif invalid_reopen is not None:
+        error, error_field = invalid_reopen, "reopen"
+
     signed_off = False
     if error is None:
-        hitl, _ = await _hitl(airflow, settings.dag_id, run_id)
-        signed_off = bool(hitl) and bool(hitl.get("response_received"))
-    if error is None and not signed_off:
-        params = answer_params(hitl, comment, reopen)
-        try:
-            await airflow.respond(settings.dag_id, str(run_id), SIGN_OFF_TASK, DECISIONS[decision], params)
-        except AirflowAPIError as exc:
-            log.warning("Airflow rejected the sign-off of %s by %s: %s", uid, user_login(user), exc)
-            # Airflow 3.3's hitlDetails endpoint returns 409 only when the task has a response already.
-            signed_off = exc.status == 409
-            error = f"Airflow rejected the response ({exc.status}): {exc.detail}"
-            status = 502 if exc.status >= 500 else exc.status
+        error, status, signed_off = await _send_response(
+            airflow, settings.dag_id, uid, str(run_id), state, decision, comment, reopen, user_login(user)
+        )
     if signed_off:
         return await _signed_off_page(request, settings, airflow, uid, user, decision)
     if error is not None:
         hitl, problem = await _hitl(airflow, settings.dag_id, run_id)
         context.update(_task_context(hitl, problem, user))
-        context.update({"error": error, "comment": comment, "reopen": "\n".join(reopen)})
+        context.update(
+            {"error": error, "error_field": error_field, "comment": comment, "reopen": "\n".join(reopen)}
+        )
         return render(request, "signoff.html", context, status_code=status)
     actor = user_login(user)
     with session_scope(settings.db_url()) as session:
