@@ -15,7 +15,9 @@ The states a calibration goes through on the bucket timeline are:
 ``done``
     once the ticket is in the status category *done*;
 ``failed``
-    when the job failed or found no input; the expert has to act.
+    when the job failed or found no input; the expert has to act;
+``cancelled``
+    once a calibration manager cancelled the request before the calibration's job ended.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ RUNNING = "running"
 WAITING_FOR_EXPERT = "waiting_for_expert"
 DONE = "done"
 FAILED = "failed"
-TIMELINE_STATES = (QUEUED, RUNNING, WAITING_FOR_EXPERT, DONE, FAILED)
+CANCELLED = "cancelled"
+TIMELINE_STATES = (QUEUED, RUNNING, WAITING_FOR_EXPERT, DONE, FAILED, CANCELLED)
 
 #: Job states of a progress row that mean the job ended badly.
 FAILED_JOB_STATES = frozenset({"failed", "no_input"})
 #: Job states of a progress row that mean the job ended well.
 FINISHED_JOB_STATES = frozenset({"succeeded"})
+#: The job state that the cancellation of a request gives the calibrations whose job had not ended.
+CANCELLED_JOB_STATE = "cancelled"
 #: Request states after which nothing more happens.
 FINAL_REQUEST_STATES = frozenset({"merged", "rejected", "failed", "cancelled"})
 #: About two weeks of data taking, the size at which the experiment cuts a bucket, in pb^-1.
@@ -60,6 +65,8 @@ def calibration_state(job_state: str | None, ticket_state: str | None) -> str:
         return DONE
     if job_state in FAILED_JOB_STATES:
         return FAILED
+    if job_state == CANCELLED_JOB_STATE:
+        return CANCELLED
     if job_state in FINISHED_JOB_STATES or ticket_state == WAITING_FOR_EXPERT:
         return WAITING_FOR_EXPERT
     if job_state == RUNNING:
@@ -149,6 +156,8 @@ def _state_after(current: str, changes: Mapping[str, Any]) -> str:
         return DONE
     if job in FAILED_JOB_STATES:
         return FAILED
+    if job == CANCELLED_JOB_STATE:
+        return CANCELLED if current != DONE else DONE
     if job in FINISHED_JOB_STATES or ticket == WAITING_FOR_EXPERT:
         return WAITING_FOR_EXPERT if current != DONE else DONE
     if job == RUNNING:
@@ -250,9 +259,11 @@ def longest_chain(depends_on: Mapping[str, Sequence[str]]) -> list[str]:
 class BucketDurations:
     """The experiment's two figures of merit for one bucket, in days.
 
-    ``bucket_days`` runs from the request's start to the merge into the running tag;
-    ``data_to_calibrated_days`` from the end of data taking in the bucket to that merge. Both run to
-    ``now`` while the bucket is not calibrated yet, and ``finished`` tells which case it is.
+    ``bucket_days`` runs from the request's start to the merge into the running tag, and
+    ``data_to_calibrated_days`` from the end of data taking in the bucket to that merge. A request
+    that ended without a merge (``end_state`` is ``cancelled``, ``failed`` or ``rejected``) stops
+    both at ``ended_at``. While the request goes on, both run to ``now``. ``finished`` and
+    ``stopped`` tell the cases apart.
     """
 
     request_uid: str
@@ -262,11 +273,18 @@ class BucketDurations:
     calibrated_at: datetime | None
     bucket_days: float
     data_to_calibrated_days: float | None
+    ended_at: datetime | None = None
+    end_state: str | None = None
 
     @property
     def finished(self) -> bool:
         """Whether the bucket's payloads reached the running tag."""
         return self.calibrated_at is not None
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the figures no longer grow: the bucket is calibrated or its request ended."""
+        return self.calibrated_at is not None or self.ended_at is not None
 
 
 def bucket_durations(
@@ -277,13 +295,20 @@ def bucket_durations(
     data_taken_until: datetime | None,
     calibrated_at: datetime | None,
     now: datetime,
+    ended_at: datetime | None = None,
+    end_state: str | None = None,
 ) -> BucketDurations:
     """Compute the time for the bucket and the time from data taken to calibrated.
 
     :param data_taken_until: the stop time of the bucket's last run, if the runs are known.
     :param calibrated_at: when the staging tag was merged into the running tag, if it was.
+    :param ended_at: when the request reached a final state other than ``merged``, if it did. The
+        figures stop there. A merge wins over this time.
+    :param end_state: that final state, e.g. ``cancelled``.
     """
-    until = calibrated_at or now
+    if calibrated_at is not None or ended_at is None:
+        ended_at, end_state = None, None
+    until = calibrated_at or ended_at or now
     data_days = None
     if data_taken_until is not None:
         data_days = (until - data_taken_until).total_seconds() / SECONDS_PER_DAY
@@ -295,6 +320,8 @@ def bucket_durations(
         calibrated_at=calibrated_at,
         bucket_days=(until - started_at).total_seconds() / SECONDS_PER_DAY,
         data_to_calibrated_days=data_days,
+        ended_at=ended_at,
+        end_state=end_state,
     )
 
 

@@ -45,6 +45,10 @@ def at(hours: float) -> datetime:
         ("no_input", "new", "failed"),
         ("succeeded", "done", "done"),
         ("failed", "done", "done"),
+        ("cancelled", None, "cancelled"),
+        ("cancelled", "new", "cancelled"),
+        ("cancelled", "waiting_for_expert", "cancelled"),
+        ("cancelled", "done", "done"),
     ],
 )
 def test_calibration_state(job, ticket, state):
@@ -54,7 +58,44 @@ def test_calibration_state(job, ticket, state):
 def test_state_counts_cover_every_state():
     counts = state_counts([("running", None), ("succeeded", "done"), ("succeeded", "done")])
 
-    assert counts == {"queued": 0, "running": 1, "waiting_for_expert": 0, "done": 2, "failed": 0}
+    assert counts == {
+        "queued": 0,
+        "running": 1,
+        "waiting_for_expert": 0,
+        "done": 2,
+        "failed": 0,
+        "cancelled": 0,
+    }
+
+
+def test_state_counts_of_cancelled_request():
+    counts = state_counts([("cancelled", "new"), ("cancelled", None), ("succeeded", "done")])
+
+    assert counts["cancelled"] == 2
+    assert counts["queued"] == 0
+    assert counts["done"] == 1
+
+
+def test_timeline_ends_cancelled_calibrations_as_cancelled():
+    events = [
+        ProgressEvent(at(1), "a", {"job_state": "running"}),
+        ProgressEvent(at(2), "a", {"job_state": "cancelled"}),
+        ProgressEvent(at(2), "b", {"job_state": "cancelled"}),
+        ProgressEvent(at(1), "c", {"ticket_state": "done"}),
+        ProgressEvent(at(2), "c", {"job_state": "cancelled"}),
+    ]
+    depends_on = {"a": (), "b": ("a",), "c": ()}
+    timeline = build_timeline(list(depends_on), {}, depends_on, events, start=T0, end=at(3))
+    rows = {row.calibration: row for row in timeline.rows}
+
+    assert [(s.state, s.start, s.end) for s in rows["a"].segments] == [
+        ("queued", T0, at(1)),
+        ("running", at(1), at(2)),
+        ("cancelled", at(2), at(3)),
+    ]
+    assert rows["b"].state == "cancelled"
+    assert rows["c"].state == "done", "a done ticket stays done"
+    assert timeline.waiting_seconds()["cancelled"] == 2 * 3600
 
 
 def diamond_timeline(end: datetime):
@@ -149,6 +190,48 @@ def test_bucket_durations_finished_and_running():
 
     assert (done.bucket_days, done.data_to_calibrated_days, done.finished) == (2.0, 5.0, True)
     assert (running.bucket_days, running.data_to_calibrated_days, running.finished) == (0.5, None, False)
+    assert done.stopped
+    assert not running.stopped
+
+
+@pytest.mark.parametrize("state", ["cancelled", "failed", "rejected"])
+def test_bucket_durations_stop_when_request_ended(state):
+    taken = T0 - timedelta(days=3)
+    ended = bucket_durations(
+        "r",
+        "26,0,26,10",
+        started_at=T0,
+        data_taken_until=taken,
+        calibrated_at=None,
+        now=at(999),
+        ended_at=at(24),
+        end_state=state,
+    )
+
+    assert ended.bucket_days == 1.0
+    assert ended.data_to_calibrated_days == 4.0
+    assert ended.end_state == state
+    assert ended.ended_at == at(24)
+    assert ended.stopped
+    assert not ended.finished
+
+
+def test_bucket_durations_merge_wins_over_end():
+    merged = bucket_durations(
+        "r",
+        "26,0,26,10",
+        started_at=T0,
+        data_taken_until=None,
+        calibrated_at=at(48),
+        now=at(99),
+        ended_at=at(24),
+        end_state="rejected",
+    )
+
+    assert merged.bucket_days == 2.0
+    assert merged.end_state is None
+    assert merged.ended_at is None
+    assert merged.finished
 
 
 def changed_release():

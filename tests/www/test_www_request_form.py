@@ -11,11 +11,14 @@ from typing import Any
 import pytest
 from sqlalchemy import func, select
 
-from b2cal.db import inventory
+from b2cal.catalog import load_packaged_release
+from b2cal.db import inventory, store
 from b2cal.db.engine import session_scope
 from b2cal.db.inventorymodels import FAILED, SiteRelease
 from b2cal.db.models import AuditEntry, ProcessingRequest
 from b2cal.db.runmodels import CollectedRun
+from b2cal.iov import IoV
+from b2cal.request import RequestSpec
 from b2cal_airflow.www import forms
 from b2cal_airflow.www.airflow_api import AirflowAPIError
 
@@ -892,3 +895,64 @@ def test_preview_api_takes_a_site_in_any_case(pages, cached_runs):
     response = pages.client.post("/api/preview", json={**PREVIEW_CONF, "site": "bnl"})
 
     assert response.status_code == 200, response.text
+
+
+def store_request(db_url: str, uid: str, bucket: IoV, state: str) -> None:
+    """Store a prompt request for CDC Tracking and CDC badwire on ``bucket`` in ``state``."""
+    catalog = load_packaged_release()
+    spec = RequestSpec(
+        uid=uid,
+        kind="prompt",
+        site="BNL",
+        release=catalog.release,
+        bucket=bucket,
+        calibrations=("CDC Tracking", "CDC badwire"),
+        staging_tag=f"staging_{uid.replace('-', '_')}",
+        running_tag="b2cal_prompt_running",
+        requested_by="manager",
+    )
+    with session_scope(db_url) as session:
+        store.save_request(session, spec, catalog).state = state
+
+
+def proposal_options(page: str) -> str:
+    """Return the HTML of the proposed bucket field's options."""
+    return page.split('id="proposed"', 1)[1].split("</select>", 1)[0]
+
+
+@pytest.mark.parametrize("state", ["cancelled", "rejected"])
+def test_ended_request_frees_proposed_bucket(pages, state):
+    store_request(pages.db_url, "prompt-e0025-ended", IoV(25, 0, 25, 10_000), state)
+    store_request(pages.db_url, "prompt-e0025-running", IoV(25, 0, 25, 10_000), "submitted")
+
+    options = proposal_options(pages.client.get(FORM).text)
+
+    assert "requested by prompt-e0025-running" in options
+    assert "prompt-e0025-ended" not in options
+
+
+@pytest.mark.parametrize("state", ["cancelled", "rejected"])
+def test_ended_request_gives_no_overlap_warning(pages, state):
+    store_request(pages.db_url, "prompt-e0026-ended", IoV(26, 0, 26, 60), state)
+    store_request(pages.db_url, "prompt-e0026-running", IoV(26, 0, 26, 60), "submitted")
+    token = pages.csrf(FORM)
+
+    response = pages.client.post(FORM, data=form_data(token))
+
+    assert response.status_code == 200, response.text
+    warnings = response.text.split('id="plan-warnings"', 1)[1].split("</ul>", 1)[0]
+    assert "overlaps the prompt request &#39;prompt-e0026-running&#39; (submitted)" in warnings
+    assert "prompt-e0026-ended" not in warnings
+
+
+@pytest.mark.parametrize("name", ["viewer", "expert"])
+def test_post_checks_role_before_csrf(pages, name):
+    pages.login(name)
+
+    response = pages.client.post(FORM, data=form_data("", action="submit"))
+
+    assert response.status_code == 403
+    assert "may not start request" in response.text
+    assert "security token" not in response.text
+    assert pages.airflow.triggered == []
+    assert request_count(pages.db_url) == 0

@@ -80,6 +80,8 @@ def get_request(uid: str, user: UserDep, settings: SettingsDep) -> dict[str, Any
             "bucket_days": durations.bucket_days,
             "data_to_calibrated_days": durations.data_to_calibrated_days,
             "finished": durations.finished,
+            "ended_at": _iso(durations.ended_at),
+            "end_state": durations.end_state,
         },
         "audit": [{**entry, "at": _iso(entry["at"])} for entry in audit],
     }
@@ -98,6 +100,8 @@ def list_durations(user: UserDep, settings: SettingsDep) -> list[dict[str, Any]]
             "bucket_days": row.bucket_days,
             "data_to_calibrated_days": row.data_to_calibrated_days,
             "finished": row.finished,
+            "ended_at": _iso(row.ended_at),
+            "end_state": row.end_state,
         }
         for row in rows
     ]

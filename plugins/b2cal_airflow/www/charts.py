@@ -20,6 +20,7 @@ STATE_COLOURS = {
     "waiting_for_expert": "#f59e0b",
     "done": "#16a34a",
     "failed": "#dc2626",
+    "cancelled": "#64748b",
 }
 STATE_LABELS = {
     "queued": "queued",
@@ -27,7 +28,10 @@ STATE_LABELS = {
     "waiting_for_expert": "waiting for the expert",
     "done": "done",
     "failed": "failed",
+    "cancelled": "cancelled",
 }
+#: The outline of the duration bars of a request that ended without a merge.
+ENDED_OUTLINE = 'stroke="#1f2937" stroke-width="1" stroke-dasharray="3 2"'
 PHASE_COLOURS = {"raw": "#dbeafe", "cdst": "#fef3c7"}
 CRITICAL_COLOUR = "#b91c1c"
 #: The slope of the request ids under the duration bars, in degrees below the horizontal.
@@ -36,6 +40,9 @@ LABEL_ANGLE = 35.0
 #: text, so the chart's margins are sized with it. In DejaVu Sans, a wide sans-serif font, a digit is
 #: 0.64 em and ``prompt-e0026-r00000`` averages 0.59 em, but an id full of ``m`` or ``w`` is wider.
 LABEL_CHAR_WIDTH = 6.5
+#: The estimated width in px of one character of an 11 px legend label, scaled from
+#: :data:`LABEL_CHAR_WIDTH`.
+LEGEND_CHAR_WIDTH = LABEL_CHAR_WIDTH * 1.1
 
 
 def _fmt(value: float) -> str:
@@ -67,17 +74,19 @@ def _ticks(start: datetime, seconds: float, count: int = 6) -> list[tuple[float,
 
 
 def legend(x: float, y: float) -> str:
-    """Return the SVG legend of the timeline states."""
+    """Return the SVG legend of the timeline states, each entry as wide as its label."""
     parts = []
-    for index, state in enumerate(TIMELINE_STATES):
-        left = x + index * 150
+    left = x
+    for state in TIMELINE_STATES:
+        label = STATE_LABELS[state]
         parts.append(
-            f'<rect x="{left}" y="{y}" width="12" height="12" fill="{STATE_COLOURS[state]}"/>'
-            f'<text x="{left + 16}" y="{y + 10}" font-size="11">{STATE_LABELS[state]}</text>'
+            f'<rect x="{left:.1f}" y="{y}" width="12" height="12" fill="{STATE_COLOURS[state]}"/>'
+            f'<text x="{left + 16:.1f}" y="{y + 10}" font-size="11">{label}</text>'
         )
+        left += 16 + len(label) * LEGEND_CHAR_WIDTH + 14
     parts.append(
-        f'<line x1="{x + 750}" y1="{y + 6}" x2="{x + 770}" y2="{y + 6}" stroke="{CRITICAL_COLOUR}" '
-        f'stroke-width="3"/><text x="{x + 776}" y="{y + 10}" font-size="11">critical path</text>'
+        f'<line x1="{left:.1f}" y1="{y + 6}" x2="{left + 20:.1f}" y2="{y + 6}" stroke="{CRITICAL_COLOUR}" '
+        f'stroke-width="3"/><text x="{left + 26:.1f}" y="{y + 10}" font-size="11">critical path</text>'
     )
     return "".join(parts)
 
@@ -158,7 +167,7 @@ def durations_svg(rows: Sequence[BucketDurations], width: int = 960) -> Markup:
         '<text x="66" y="16" font-size="11">time for the bucket (days)</text>'
         '<rect x="250" y="6" width="12" height="12" fill="#f59e0b"/>'
         '<text x="266" y="16" font-size="11">data taken to calibrated (days)</text>'
-        '<text x="470" y="16" font-size="11">pale bars: not calibrated yet, counted to now</text>',
+        '<text x="470" y="16" font-size="11">pale: counted to now; dashed: ended without a merge</text>',
     ]
     step = max(1.0, round(highest / 5))
     tick = 0.0
@@ -171,7 +180,9 @@ def durations_svg(rows: Sequence[BucketDurations], width: int = 960) -> Markup:
         tick += step
     for index, row in enumerate(rows):
         x = left + index * group + (group - 2 * bar) / 2
-        opacity = "1" if row.finished else "0.45"
+        opacity = "1" if row.stopped else "0.45"
+        ended = f" ({escape(row.end_state)})" if row.end_state else ""
+        outline = f" {ENDED_OUTLINE}" if row.end_state else ""
         for offset, value, colour in (
             (0.0, row.bucket_days, "#2563eb"),
             (bar, row.data_to_calibrated_days, "#f59e0b"),
@@ -182,8 +193,8 @@ def durations_svg(rows: Sequence[BucketDurations], width: int = 960) -> Markup:
             parts.append(
                 f'<rect class="duration-bar" x="{x + offset:.1f}" y="{top + plot_height - h:.1f}" '
                 f'width="{bar:.1f}" '
-                f'height="{h:.1f}" fill="{colour}" fill-opacity="{opacity}">'
-                f"<title>{escape(row.request_uid)}: {_fmt(value)} days</title></rect>"
+                f'height="{h:.1f}" fill="{colour}" fill-opacity="{opacity}"{outline}>'
+                f"<title>{escape(row.request_uid)}: {_fmt(value)} days{ended}</title></rect>"
             )
         cx = x + bar
         cy = top + plot_height + 12

@@ -33,6 +33,8 @@ PHASE_TASKS = {"raw": "raw_phase", "cdst": "cdst_phase"}
 MERGED = "merged"
 #: The audit action of a manager's cancellation; its message is the reason.
 CANCEL_ACTION = "cancel_request"
+#: Final request states without a merge: the bucket's durations stop when the request reached one.
+UNMERGED_FINAL_STATES = FINAL_REQUEST_STATES - {MERGED}
 
 
 def bucket_of(row: ProcessingRequest) -> IoV:
@@ -102,6 +104,22 @@ def calibrated_at(session: Session, uid: str) -> datetime | None:
     return aware(session.scalar(query))
 
 
+def ended_at(session: Session, row: ProcessingRequest) -> datetime | None:
+    """Return when a request reached its final state other than ``merged``, or None if it has not.
+
+    The time is that of the newest audit entry that set the state, or the row's last update when the
+    audit log has no such entry.
+    """
+    if row.state not in UNMERGED_FINAL_STATES:
+        return None
+    query = select(func.max(AuditEntry.at)).where(
+        AuditEntry.request_uid == row.uid,
+        AuditEntry.action == "request_state",
+        AuditEntry.message == row.state,
+    )
+    return aware(session.scalar(query)) or aware(row.updated_at)
+
+
 def finished_at(session: Session, row: ProcessingRequest, now: datetime) -> datetime:
     """Return where a request's timeline ends: its last state change when it is over, else now."""
     if row.state not in FINAL_REQUEST_STATES:
@@ -147,6 +165,8 @@ def durations(session: Session, row: ProcessingRequest, now: datetime) -> Bucket
         data_taken_until=aware(runcache.data_taken_until(session, bucket)),
         calibrated_at=calibrated_at(session, row.uid),
         now=now,
+        ended_at=ended_at(session, row),
+        end_state=row.state,
     )
 
 
@@ -160,10 +180,22 @@ def all_durations(session: Session, now: datetime) -> list[BucketDurations]:
     )
     for uid, at in session.execute(query):
         merged[str(uid)] = aware(at)  # type: ignore[assignment]
+    # The newest time each request was set to each unmerged final state, as ended_at() reads it.
+    ended: dict[tuple[str, str], datetime] = {}
+    query = (
+        select(AuditEntry.request_uid, AuditEntry.message, func.max(AuditEntry.at))
+        .where(AuditEntry.action == "request_state", AuditEntry.message.in_(UNMERGED_FINAL_STATES))
+        .group_by(AuditEntry.request_uid, AuditEntry.message)
+    )
+    for uid, state, at in session.execute(query):
+        ended[(str(uid), str(state))] = aware(at)  # type: ignore[assignment]
     taken = runcache.data_taken_until_by_request(session)
     result = []
     for row in session.scalars(select(ProcessingRequest).order_by(ProcessingRequest.created_at)):
         bucket = bucket_of(row)
+        end = None
+        if row.state in UNMERGED_FINAL_STATES:
+            end = ended.get((row.uid, row.state)) or aware(row.updated_at)
         result.append(
             bucket_durations(
                 row.uid,
@@ -172,6 +204,8 @@ def all_durations(session: Session, now: datetime) -> list[BucketDurations]:
                 data_taken_until=aware(taken.get(row.uid)),
                 calibrated_at=merged.get(row.uid),
                 now=now,
+                ended_at=end,
+                end_state=row.state,
             )
         )
     return result

@@ -88,6 +88,9 @@ RUNNING_TAG_HELP = (
     "give the global tag that the signed-off bucket is merged into, which must be RUNNING in the "
     "conditions database"
 )
+#: Request states that free the request's bucket: the overlap warning and the bucket proposals leave
+#: such requests out.
+BUCKET_FREEING_STATES = frozenset({"rejected", "cancelled"})
 
 
 @dataclass
@@ -517,7 +520,7 @@ def validate(
     plan = plan_preview(spec, catalog, runcache.runs_in(session, spec.bucket))
     overlapping = session.scalars(
         select(ProcessingRequest).where(
-            ProcessingRequest.kind == spec.kind, ProcessingRequest.state != "rejected"
+            ProcessingRequest.kind == spec.kind, ProcessingRequest.state.not_in(BUCKET_FREEING_STATES)
         )
     )
     for other in overlapping:
@@ -573,7 +576,9 @@ def form_context(
     """Return what the form template needs: the catalog, proposed buckets and the typed values."""
     requested = {
         row.uid: IoV(row.exp_low, row.run_low, row.exp_high, row.run_high)
-        for row in session.scalars(select(ProcessingRequest))
+        for row in session.scalars(
+            select(ProcessingRequest).where(ProcessingRequest.state.not_in(BUCKET_FREEING_STATES))
+        )
     }
     proposals = cached_proposals(session, requested)
     calibrations = []
@@ -718,8 +723,9 @@ async def submit_request(
 ) -> Response:
     """Preview the plan of the form, or submit it: store the request and trigger its DAG run."""
     form_data = await request.form()
-    check_csrf(request, settings, str(form_data.get(CSRF_FIELD) or ""))
+    # The role first: a user who may not take the action learns that, not that a token is missing.
     require(user, ProductAction.START_REQUEST)
+    check_csrf(request, settings, str(form_data.get(CSRF_FIELD) or ""))
     action = str(form_data.get("action") or "preview")
     selected = [str(value) for value in form_data.getlist("calibrations")]
     kind = str(form_data.get("kind") or "prompt")
