@@ -316,6 +316,20 @@ def close_bucket(session: Session, name: str) -> BucketRecord:
     return row
 
 
+def bucket_ranges(session: Session) -> dict[str, IoV]:
+    """Return the run range of every stored bucket by name, in run order, with one query."""
+    rows = session.execute(
+        select(
+            BucketRecord.name,
+            BucketRecord.exp_low,
+            BucketRecord.run_low,
+            BucketRecord.exp_high,
+            BucketRecord.run_high,
+        ).order_by(BucketRecord.exp_low, BucketRecord.run_low)
+    )
+    return {name: IoV(*bounds) for name, *bounds in rows}
+
+
 def list_buckets(session: Session, state: str | None = None) -> list[BucketSummary]:
     """Return the stored buckets in run order, with counts and luminosity of their collected runs.
 

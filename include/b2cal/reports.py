@@ -619,6 +619,8 @@ class ProposedBucket:
     start_time: datetime | None
     stop_time: datetime | None
     requests: tuple[str, ...] = ()
+    #: The name of the stored bucket this proposal is, such as ``e0026r00000-e0026r00120``.
+    stored_name: str | None = None
 
 
 def propose_buckets(
@@ -626,6 +628,7 @@ def propose_buckets(
     *,
     target_luminosity_pb: float = BUCKET_LUMINOSITY_PB,
     requested: Mapping[str, IoV] | None = None,
+    stored: Mapping[str, IoV] | None = None,
 ) -> list[ProposedBucket]:
     """Cut the runs into buckets of about ``target_luminosity_pb`` of physics luminosity each.
 
@@ -635,6 +638,9 @@ def propose_buckets(
 
     :param requested: the buckets of existing requests, by request id; each proposal lists the
         requests whose bucket overlaps it.
+    :param stored: the buckets stored by run collection, by name. Each is proposed as it is stored,
+        complete, so that a request for it finds the bucket's skim quota and storage; only the runs
+        outside every stored bucket are cut, and no cut bucket overlaps a stored one.
     """
     if target_luminosity_pb <= 0:
         raise ValueError(
@@ -644,10 +650,17 @@ def propose_buckets(
     last_experiment = ordered[-1].experiment if ordered else None
     buckets: list[ProposedBucket] = []
     current: list[RunSummary] = []
+    stored_buckets = sorted((stored or {}).items(), key=lambda entry: entry[1].first)
+    stored_name: str | None = None
+    # Both lists are in run order, so one pass finds the stored bucket of each run.
+    next_stored = 0
 
     def close(complete: bool) -> None:
         physics = [item for item in current if item.run_type == "physics"]
-        iov = IoV(current[0].experiment, current[0].run, current[-1].experiment, current[-1].run)
+        if stored_name is not None:
+            iov = (stored or {})[stored_name]
+        else:
+            iov = IoV(current[0].experiment, current[0].run, current[-1].experiment, current[-1].run)
         overlapping = tuple(uid for uid, other in (requested or {}).items() if other.overlaps(iov))
         starts = [item.start_time for item in current if item.start_time is not None]
         stops = [item.stop_time for item in current if item.stop_time is not None]
@@ -661,12 +674,31 @@ def propose_buckets(
                 start_time=min(starts, default=None),
                 stop_time=max(stops, default=None),
                 requests=overlapping,
+                stored_name=stored_name,
             )
         )
         current.clear()
 
+    def stored_bucket_of(item: RunSummary) -> str | None:
+        nonlocal next_stored
+        key = (item.experiment, item.run)
+        while next_stored < len(stored_buckets) and stored_buckets[next_stored][1].last_key() < key:
+            next_stored += 1
+        if next_stored < len(stored_buckets) and stored_buckets[next_stored][1].contains(*key):
+            return stored_buckets[next_stored][0]
+        return None
+
     luminosity = 0.0
     for item in ordered:
+        owner = stored_bucket_of(item)
+        if current and owner != stored_name:
+            # A stored bucket starts or ends here: the runs so far form a bucket of their own.
+            close(complete=True)
+            luminosity = 0.0
+        stored_name = owner
+        if owner is not None:
+            current.append(item)
+            continue
         if current and item.experiment != current[-1].experiment:
             close(complete=True)
             luminosity = 0.0
@@ -677,5 +709,5 @@ def propose_buckets(
             close(complete=True)
             luminosity = 0.0
     if current:
-        close(complete=current[-1].experiment != last_experiment)
+        close(complete=stored_name is not None or current[-1].experiment != last_experiment)
     return buckets

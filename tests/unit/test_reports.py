@@ -366,6 +366,33 @@ def test_the_last_bucket_is_incomplete_while_data_taking_goes_on():
     assert buckets[1].start_time == at(4) and buckets[1].stop_time == at(5)
 
 
+def test_stored_buckets_are_proposed_as_stored():
+    runs = [summary(26, n) for n in range(1, 10)]
+    stored = {"e0026r00002-e0026r00005": IoV(26, 2, 26, 5)}
+
+    buckets = propose_buckets(runs, target_luminosity_pb=10000.0, stored=stored)
+
+    assert [(b.iov.as_list(), b.complete, b.stored_name) for b in buckets] == [
+        ([26, 1, 26, 1], True, None),
+        ([26, 2, 26, 5], True, "e0026r00002-e0026r00005"),
+        ([26, 6, 26, 8], True, None),
+        ([26, 9, 26, 9], False, None),
+    ]
+    assert buckets[1].runs == 4
+    assert buckets[1].luminosity_pb == 16000.0
+
+
+def test_stored_bucket_keeps_its_range_and_completeness():
+    runs = [summary(26, n) for n in (3, 4)]
+    stored = {"e0026r00001-e0026r00006": IoV(26, 1, 26, 6)}
+
+    [bucket] = propose_buckets(runs, target_luminosity_pb=10000.0, stored=stored)
+
+    assert bucket.iov == IoV(26, 1, 26, 6)
+    assert bucket.complete
+    assert bucket.stored_name == "e0026r00001-e0026r00006"
+
+
 def test_propose_buckets_rejects_a_bad_target():
     with pytest.raises(ValueError, match="positive luminosity"):
         propose_buckets([], target_luminosity_pb=0)

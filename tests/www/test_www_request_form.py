@@ -16,7 +16,7 @@ from b2cal.db import inventory, store
 from b2cal.db.engine import session_scope
 from b2cal.db.inventorymodels import FAILED, SiteRelease
 from b2cal.db.models import AuditEntry, ProcessingRequest
-from b2cal.db.runmodels import CollectedRun
+from b2cal.db.runmodels import BucketRecord, CollectedRun
 from b2cal.iov import IoV
 from b2cal.request import RequestSpec
 from b2cal_airflow.www import forms
@@ -956,3 +956,28 @@ def test_post_checks_role_before_csrf(pages, name):
     assert "security token" not in response.text
     assert pages.airflow.triggered == []
     assert request_count(pages.db_url) == 0
+
+
+def test_stored_bucket_is_proposed_as_stored(pages, cached_runs):
+    with session_scope(pages.db_url) as session:
+        session.add(
+            BucketRecord(
+                name="e0026r00010-e0026r00060",
+                exp_low=26,
+                run_low=10,
+                exp_high=26,
+                run_high=60,
+                state="open",
+                target_luminosity_pb=9000.0,
+                notes=[],
+                created_by="b2cal_run_collection",
+            )
+        )
+
+    options = proposal_options(pages.client.get(FORM).text)
+
+    assert 'option value="26,10,26,60"' in options
+    stored = options.split('option value="26,10,26,60"', 1)[1].split("</option>", 1)[0]
+    assert "stored bucket" in stored
+    assert "still filling" not in stored
+    assert 'option value="26,0,26,9"' in options, "the runs before the stored bucket form their own"

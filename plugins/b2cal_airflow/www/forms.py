@@ -32,6 +32,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from b2cal.buckets import bucket_ranges
 from b2cal.catalog import Catalog, CatalogError, check_filter_values
 from b2cal.db import inventory, runcache, store
 from b2cal.db.engine import session_scope
@@ -554,17 +555,22 @@ _proposal_lock = threading.Lock()
 
 
 def cached_proposals(session: Session, requested: dict[str, IoV]) -> list[ProposedBucket]:
-    """Return the proposed buckets, cut again only when the collected runs or the requests changed.
+    """Return the proposed buckets, cut again only when the runs, the stored buckets or the requests changed.
 
     Cutting reads every collected run, which takes most of the form's time with thousands of runs.
     """
     url = str(session.get_bind().url)
-    key = (runcache.version(session), tuple(sorted((uid, iov.as_text()) for uid, iov in requested.items())))
+    stored = bucket_ranges(session)
+    key = (
+        runcache.version(session),
+        tuple(sorted((uid, iov.as_text()) for uid, iov in requested.items())),
+        tuple((name, iov.as_text()) for name, iov in stored.items()),
+    )
     with _proposal_lock:
         cached = _proposal_cache.get(url)
     if cached is not None and cached[0] == key:
         return cached[1]
-    proposals = propose_buckets(runcache.run_summaries(session), requested=requested)
+    proposals = propose_buckets(runcache.run_summaries(session), requested=requested, stored=stored)
     with _proposal_lock:
         _proposal_cache[url] = (key, proposals)
     return proposals
