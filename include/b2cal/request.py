@@ -214,11 +214,19 @@ def parse_request(
     )
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """Return ``repr(value)`` for an error message, cut to about ``limit`` characters with its length."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({len(str(value))} characters)"
+
+
 def _text(conf: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: str) -> str:
     value = conf.get(key)
     if value is None or value == "":
         raise RequestError(f"{key} is missing; give {allowed}")
     # fullmatch, because "$" in the patterns also matches before a final line break.
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise RequestError(f"{key} {value!r} is invalid; use {allowed}")
+        raise RequestError(f"{key} {shown(value)} is invalid; use {allowed}")
     return value

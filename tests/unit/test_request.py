@@ -121,6 +121,15 @@ def test_bucket_of_other_than_integers_is_refused(bucket, named):
     assert named in str(raised.value)
 
 
+def test_long_value_is_cut_in_the_error():
+    with pytest.raises(RequestError, match="request_id") as raised:
+        parse_request(conf(request_id="x" * 100_000), CATALOG)
+
+    message = str(raised.value)
+    assert "(100000 characters)" in message
+    assert len(message) < 300
+
+
 def test_calibrations_as_text_is_refused():
     with pytest.raises(RequestError, match="must be a list of calibration names") as raised:
         parse_request(conf(calibrations="CDC badwire"), CATALOG)

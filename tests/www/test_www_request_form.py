@@ -189,6 +189,19 @@ def test_outside_checks_name_the_site_running_tag_and_an_empty_bucket(pages):
     assert pages.airflow.triggered == []
 
 
+def test_invalid_running_tag_is_not_looked_up(pages):
+    pages.problems["tag:<b>x</b>"] = "global tag '<b>x</b>' does not exist in the conditions database"
+    token = pages.csrf(FORM)
+
+    response = pages.client.post(FORM, data=form_data(token, action="submit", running_tag="<b>x</b>"))
+
+    assert response.status_code == 422
+    message = error_for(response.text, "running_tag")
+    assert "is invalid" in message
+    assert "does not exist" not in message
+    assert pages.airflow.triggered == []
+
+
 def test_parse_request_errors_land_on_their_field(pages):
     token = pages.csrf(FORM)
 

@@ -52,11 +52,13 @@ from b2cal.reports import (
 from b2cal.request import (
     KINDS,
     REQUEST_SCHEMA,
+    TAG_PATTERN,
     RequestError,
     RequestSpec,
     check_site_release,
     parse_request,
     request_run_id,
+    shown,
 )
 from b2cal_airflow.auth import ProductAction, user_login
 from b2cal_airflow.www.airflow_api import AirflowAPIError, AirflowClient, AirflowDep
@@ -466,8 +468,14 @@ def check_site(settings: PageSettings, form: RequestForm) -> None:
 def check_outside(session: Session, settings: PageSettings, form: RequestForm) -> None:
     """Check the running tag and the bucket's runs against the outside systems."""
     running = form.conf.get("running_tag", "")
-    if running:
-        problem = settings.running_tag_problem(running)
+    if running and "running_tag" not in form.errors:
+        if not TAG_PATTERN.fullmatch(running):
+            # A name the conditions database cannot hold is not looked up there.
+            problem = (
+                f"running_tag {shown(running)} is invalid; use 1 to 128 letters, digits, '.', '_', '+' or '-'"
+            )
+        else:
+            problem = settings.running_tag_problem(running)
         if problem:
             form.error("running_tag", problem)
     if "bucket" in form.errors or not form.conf.get("bucket"):
