@@ -994,3 +994,11 @@ def test_stored_bucket_is_proposed_as_stored(pages, cached_runs):
     assert "stored bucket" in stored
     assert "still filling" not in stored
     assert 'option value="26,0,26,9"' in options, "the runs before the stored bucket form their own"
+
+
+def test_vocabulary_names_the_empty_value(pages):
+    page = pages.client.get(FORM).text
+
+    vocabulary = page.split("Filter vocabulary:", 1)[1].split("</p>", 1)[0]
+    beam = vocabulary.split("<strong>Beam Energy</strong>:", 1)[1].split(";", 1)[0]
+    assert beam.strip() == "No Beam, 4S, Continuum, Scan (and the empty value)"
