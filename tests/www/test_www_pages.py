@@ -832,3 +832,32 @@ def test_sign_off_page_numbers_rounds_per_request(pages, db_url):
     assert "Round 2, report state: open" in readiness
     decisions = page.split('id="decisions"', 1)[1].split("</table>", 1)[0]
     assert "Reject round 1: checked" in decisions
+
+
+def test_sign_off_page_renders_report_markdown(pages, db_url):
+    seed_request(db_url)
+    text = (
+        "## Readiness of prompt-e0026-r00000\n\n"
+        "| Item | State |\n|---|---|\n| Tickets | done |\n\n"
+        "> **Rejected response:** <script>alert(1)</script>\n"
+    )
+    with session_scope(db_url) as session:
+        gate.add_round(
+            session,
+            UID,
+            clean=True,
+            staging_fingerprint="f" * 64,
+            report={"blockers": []},
+            report_text=text,
+            dag_run_id=RUN_ID,
+        )
+
+    page = pages.client.get(SIGNOFF).text
+
+    report = page.split('id="report-text">', 1)[1].split("</div>", 1)[0]
+    assert "<h2>Readiness of prompt-e0026-r00000</h2>" in report
+    assert "<td>Tickets</td>" in report
+    assert "<strong>Rejected response:</strong>" in report
+    assert "<script>" not in report
+    assert "&lt;script&gt;" in report
+    assert "| Item |" not in report

@@ -29,6 +29,8 @@ from urllib.parse import urlencode
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.templating import Jinja2Templates
+from markdown_it import MarkdownIt
+from markupsafe import Markup
 
 from b2cal.catalog import Catalog
 from b2cal.db import store
@@ -44,6 +46,16 @@ CSRF_FIELD = "csrf_token"
 #: The detail of Airflow's 403 response to a token it cannot validate.
 INVALID_TOKEN_DETAIL = "Invalid JWT token"
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+# Raw HTML in the text is escaped, because a report quotes people's comments.
+_MARKDOWN = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def markdown_html(text: str | None) -> Markup:
+    """Render Markdown text, such as a readiness report, as HTML that shows no raw HTML of the text."""
+    return Markup(_MARKDOWN.render(text or ""))  # noqa: S704 - markdown-it escapes the text's HTML
+
+
+TEMPLATES.env.filters["markdown"] = markdown_html
 
 
 def _repo_docs() -> Path:
