@@ -117,7 +117,7 @@ def test_bucket_page_durations_say_cancelled(pages, db_url):
     page = pages.client.get(BUCKET).text
 
     durations = page.split('id="bucket-durations"', 1)[1].split("</table>", 1)[0]
-    assert "0.42 days, until the request was cancelled" in durations
+    assert "10.0 hours, until the request was cancelled" in durations
     assert "so far" not in durations
 
 

@@ -19,7 +19,7 @@ from b2cal.reports import BucketDurations
 from b2cal.request import RequestSpec
 from b2cal_airflow.www import charts
 from b2cal_airflow.www.airflow_api import AirflowAPIError
-from b2cal_airflow.www.context import current_user
+from b2cal_airflow.www.context import current_user, span_text
 
 UID = "prompt-e0026-r00000"
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
@@ -861,3 +861,17 @@ def test_sign_off_page_renders_report_markdown(pages, db_url):
     assert "<script>" not in report
     assert "&lt;script&gt;" in report
     assert "| Item |" not in report
+
+
+@pytest.mark.parametrize(
+    ("days", "text"),
+    [
+        (2.4, "2.40 days"),
+        (1.0, "1.00 days"),
+        (5.5 / 24, "5.5 hours"),
+        (12 / 1440, "12 minutes"),
+        (0.0, "0 minutes"),
+    ],
+)
+def test_span_text_picks_a_readable_unit(days, text):
+    assert span_text(days) == text

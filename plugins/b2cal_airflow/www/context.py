@@ -55,7 +55,18 @@ def markdown_html(text: str | None) -> Markup:
     return Markup(_MARKDOWN.render(text or ""))  # noqa: S704 - markdown-it escapes the text's HTML
 
 
+def span_text(days: float) -> str:
+    """Return a duration given in days as people read it: ``2.40 days``, ``5.5 hours`` or ``12 minutes``."""
+    if days >= 1:
+        return f"{days:.2f} days"
+    hours = days * 24
+    if hours >= 1:
+        return f"{hours:.1f} hours"
+    return f"{hours * 60:.0f} minutes"
+
+
 TEMPLATES.env.filters["markdown"] = markdown_html
+TEMPLATES.env.filters["span"] = span_text
 
 
 def _repo_docs() -> Path:
