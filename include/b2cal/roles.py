@@ -5,9 +5,9 @@ edits the sites. A calibration expert sees everything, comments, reruns the cali
 catalogue assigns to them, and closes their tickets through Jira. A viewer only reads. Airflow's own
 permissions for the product's DAGs are derived from these roles in ``b2cal_airflow.auth``.
 
-NOTE: the comment and rerun permissions are created and checked (:func:`b2cal_airflow.auth.can_rerun`),
-but no page offers either action yet. Experts comment on their Jira tickets, and a calibration runs
-again when the manager rejects it at sign-off or clears its task.
+Managers and experts comment on a calibration's ticket from its bucket page.
+NOTE: the rerun permission is created and checked (:func:`b2cal_airflow.auth.can_rerun`), but no page
+offers a rerun yet. A calibration runs again when the manager rejects it at sign-off or clears its task.
 """
 
 from __future__ import annotations

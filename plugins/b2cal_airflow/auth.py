@@ -7,6 +7,7 @@ The product's three roles (``b2cal.roles``) become FAB roles with two kinds of p
   approval is a manager's decision. Experts get no Airflow edit rights, because with them
   they could also mark the ``sign_off`` task as successful. A rerun of an expert's own
   calibration is a product permission instead, checked by :func:`can_rerun`; no page offers it yet.
+  Comments go through the bucket page, which checks ``b2cal Comments``.
 * Permissions on the product's own resources (``b2cal Requests``, ``b2cal Sign-off``, ...), checked by
   the calibration pages with :func:`is_allowed`.
 

@@ -7,11 +7,12 @@ from typing import Any
 import requests
 from atlassian import Jira
 
+from b2cal.catalog import Catalog
 from b2cal.devservices.config import DevServicesConfig
 from b2cal.devservices.jira_model import account_id_of
 from b2cal.devservices.server import DevServices
 from b2cal.jira_api import CLOUD, SERVER
-from b2cal.tickets import TicketTree
+from b2cal.tickets import TicketTree, plan_tickets
 
 
 class DevJira:
@@ -85,3 +86,18 @@ def make_plugin_db(path: Any, request_uid: str, tickets: dict[str, str]) -> str:
                 CalibrationProgress(request_id=row.id, calibration=calibration, phase="raw", ticket_key=key)
             )
     return url
+
+
+def create_tickets(dev_jira: DevJira, catalog: Catalog, names: list[str], request_uid: str) -> dict[str, str]:
+    """Create the tickets of ``names`` for a prompt request at BNL; return their keys by calibration."""
+    plan = plan_tickets(
+        catalog,
+        names,
+        request_uid=request_uid,
+        project="CAL",
+        kind="prompt",
+        site="BNL",
+        bucket="26,0,26,100",
+        staging_tag="staging",
+    )
+    return dev_jira.tree().ensure(plan)

@@ -15,12 +15,12 @@ import uvicorn
 from airflow.triggers.base import TriggerEvent
 from fastapi import FastAPI
 from jira_support import DevJira, make_plugin_db
+from jira_support import create_tickets as create_request_tickets
 
 from b2cal.catalog import Catalog
 from b2cal.db.engine import session_scope
 from b2cal.ticket_events import latest_issue_event
 from b2cal.ticket_watch import TicketWaitError, TicketWatcher
-from b2cal.tickets import plan_tickets
 from b2cal_airflow.triggers.jira import JiraTicketsDoneTrigger
 from b2cal_airflow.www import webhooks
 
@@ -36,17 +36,7 @@ def fresh_watchers() -> Iterator[None]:
 
 
 def create_tickets(dev_jira: DevJira, catalog: Catalog, names: list[str]) -> dict[str, str]:
-    plan = plan_tickets(
-        catalog,
-        names,
-        request_uid=REQUEST,
-        project="CAL",
-        kind="prompt",
-        site="BNL",
-        bucket="26,0,26,100",
-        staging_tag="staging",
-    )
-    return dev_jira.tree().ensure(plan)
+    return create_request_tickets(dev_jira, catalog, names, REQUEST)
 
 
 def search_count(dev_jira: DevJira) -> int:

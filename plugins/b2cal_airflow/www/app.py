@@ -27,7 +27,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 from starlette.types import Receive, Scope, Send
 
-from b2cal_airflow.www import api, cancel, forms, pages, signoff, sites, webhooks
+from b2cal_airflow.www import api, cancel, comments, forms, pages, signoff, sites, webhooks
 from b2cal_airflow.www.context import TEMPLATES, URL_PREFIX, PageSettings, login_url, prefix
 
 __all__ = ["URL_PREFIX", "create_app"]
@@ -89,6 +89,7 @@ def create_app(settings: PageSettings | None = None) -> FastAPI:
     app.include_router(forms.router)
     app.include_router(signoff.router)
     app.include_router(cancel.router)
+    app.include_router(comments.router)
     app.include_router(pages.router)
     app.include_router(sites.router)
     app.include_router(webhooks.router)

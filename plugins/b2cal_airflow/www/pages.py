@@ -100,6 +100,9 @@ def bucket_page_context(request: Request, settings: Any, uid: str, user: Any) ->
     context["typical_storage"] = data.typical_storage()
     context["storage_kinds"] = (("skim", "Skims"), ("cdst", "cDSTs"), ("payload", "Payloads"))
     context["can_cancel"] = is_allowed(user, ProductAction.CANCEL_REQUEST) and not context["summary"]["final"]
+    context["can_comment"] = is_allowed(user, ProductAction.COMMENT) and any(
+        row["ticket_key"] for row in context["calibrations"]
+    )
     return context
 
 

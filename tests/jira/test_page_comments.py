@@ -1,17 +1,17 @@
-"""A cancelled request's open tickets get a comment in Jira, and the ended calibrations' tickets none."""
+"""Comments that the pages write on tickets: on a cancelled request's open tickets and from a bucket page."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from jira_support import DevJira, make_plugin_db
+from jira_support import DevJira, create_tickets, make_plugin_db
 
 from b2cal.catalog import Catalog
 from b2cal.db import store
 from b2cal.db.engine import session_scope
-from b2cal.tickets import plan_tickets
 from b2cal_airflow.www.cancel import stop_request_work
+from b2cal_airflow.www.comments import post_to_ticket, ticket_text
 
 REQUEST = "prompt-e0026-cancel"
 
@@ -37,17 +37,7 @@ def comments_of(dev_jira: DevJira, key: str) -> list[str]:
 
 def test_cancel_comments_on_open_tickets(dev_jira, jira_connection, catalog: Catalog, tmp_path):
     names = ["CDC Tracking", "CDC badwire"]
-    plan = plan_tickets(
-        catalog,
-        names,
-        request_uid=REQUEST,
-        project="CAL",
-        kind="prompt",
-        site="BNL",
-        bucket="26,0,26,100",
-        staging_tag="staging",
-    )
-    keys = dev_jira.tree().ensure(plan)
+    keys = create_tickets(dev_jira, catalog, names, REQUEST)
     db_url = make_plugin_db(tmp_path / "plugin.db", REQUEST, {name: keys[name] for name in names})
     with session_scope(db_url) as session:
         store.update_progress(session, REQUEST, "CDC Tracking", job_state="succeeded")
@@ -59,3 +49,13 @@ def test_cancel_comments_on_open_tickets(dev_jira, jira_connection, catalog: Cat
     [comment] = comments_of(dev_jira, keys["CDC badwire"])
     assert "cancelled by manager: wrong run range" in comment
     assert comments_of(dev_jira, keys["CDC Tracking"]) == []
+
+
+def test_page_comment_reaches_the_ticket(dev_jira, jira_connection, catalog: Catalog):
+    key = create_tickets(dev_jira, catalog, ["CDC Tracking"], REQUEST)["CDC Tracking"]
+
+    post_to_ticket(key, ticket_text(REQUEST, "expert", "Residuals look fine"))
+
+    [comment] = comments_of(dev_jira, key)
+    assert comment.startswith("Residuals look fine")
+    assert f"expert, on the bucket page of request {REQUEST}" in comment
