@@ -65,7 +65,7 @@ class IoV:
             raise ValueError(f"IoV {values!r} must be a list of exactly four integers [e1, r1, e2, r2]")
         wrong = [value for value in values if isinstance(value, bool) or not isinstance(value, int)]
         if wrong:
-            raise ValueError(f"IoV {list(values)!r} holds {wrong[0]!r}, which is not an integer")
+            raise ValueError(f"IoV {list(values)!r} contains {wrong[0]!r}, which is not an integer")
         return cls(*values)
 
     @property

@@ -650,7 +650,8 @@ def propose_buckets(
     last_experiment = ordered[-1].experiment if ordered else None
     buckets: list[ProposedBucket] = []
     current: list[RunSummary] = []
-    stored_buckets = sorted((stored or {}).items(), key=lambda entry: entry[1].first)
+    stored_ranges = dict(stored or {})
+    stored_buckets = sorted(stored_ranges.items(), key=lambda entry: entry[1].first)
     stored_name: str | None = None
     # Both lists are in run order, so one pass finds the stored bucket of each run.
     next_stored = 0
@@ -658,7 +659,7 @@ def propose_buckets(
     def close(complete: bool) -> None:
         physics = [item for item in current if item.run_type == "physics"]
         if stored_name is not None:
-            iov = (stored or {})[stored_name]
+            iov = stored_ranges[stored_name]
         else:
             iov = IoV(current[0].experiment, current[0].run, current[-1].experiment, current[-1].run)
         overlapping = tuple(uid for uid, other in (requested or {}).items() if other.overlaps(iov))

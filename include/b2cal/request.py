@@ -144,7 +144,7 @@ def parse_request(
     chosen = conf.get("calibrations") or catalog.names
     if not isinstance(chosen, list | tuple) or not all(isinstance(name, str) for name in chosen):
         raise RequestError(
-            f'calibrations {chosen!r} must be a list of calibration names, e.g. ["CDC badwire"]'
+            f'calibrations {short_repr(chosen)} must be a list of calibration names, e.g. ["CDC badwire"]'
         )
     selected = list(chosen)
     unknown = [name for name in selected if name not in catalog]
@@ -214,7 +214,7 @@ def parse_request(
     )
 
 
-def shown(value: Any, limit: int = 80) -> str:
+def short_repr(value: Any, limit: int = 80) -> str:
     """Return ``repr(value)`` for an error message, cut to about ``limit`` characters with its length."""
     text = repr(value)
     if len(text) <= limit:
@@ -228,5 +228,5 @@ def _text(conf: Mapping[str, Any], key: str, pattern: re.Pattern[str], allowed: 
         raise RequestError(f"{key} is missing; give {allowed}")
     # fullmatch, because "$" in the patterns also matches before a final line break.
     if not isinstance(value, str) or not pattern.fullmatch(value):
-        raise RequestError(f"{key} {shown(value)} is invalid; use {allowed}")
+        raise RequestError(f"{key} {short_repr(value)} is invalid; use {allowed}")
     return value

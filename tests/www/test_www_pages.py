@@ -19,11 +19,26 @@ from b2cal.reports import BucketDurations
 from b2cal.request import RequestSpec
 from b2cal_airflow.www import charts
 from b2cal_airflow.www.airflow_api import AirflowAPIError
-from b2cal_airflow.www.context import current_user, span_text
+from b2cal_airflow.www.context import current_user, duration_text
 
 UID = "prompt-e0026-r00000"
 START = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
 CHAIN = ["CDC Tracking", "CDC badwire"]
+
+
+def chain_spec(uid: str, bucket: IoV, staging_tag: str) -> RequestSpec:
+    """Return a prompt request at BNL for :data:`CHAIN` of the packaged release."""
+    return RequestSpec(
+        uid=uid,
+        kind="prompt",
+        site="BNL",
+        release=load_packaged_release().release,
+        bucket=bucket,
+        calibrations=tuple(CHAIN),
+        staging_tag=staging_tag,
+        running_tag="b2cal_prompt_running",
+        requested_by="manager",
+    )
 
 
 def seed_request(db_url: str, *, merged: bool = False) -> None:
@@ -33,17 +48,7 @@ def seed_request(db_url: str, *, merged: bool = False) -> None:
     5 h to 6 h and waits for its expert from then on.
     """
     catalog = load_packaged_release()
-    spec = RequestSpec(
-        uid=UID,
-        kind="prompt",
-        site="BNL",
-        release=catalog.release,
-        bucket=IoV(26, 0, 26, 60),
-        calibrations=tuple(CHAIN),
-        staging_tag="staging_prompt_e0026",
-        running_tag="b2cal_prompt_running",
-        requested_by="manager",
-    )
+    spec = chain_spec(UID, IoV(26, 0, 26, 60), "staging_prompt_e0026")
     history = [
         (1, "CDC Tracking", {"job_state": "running"}),
         (3, "CDC Tracking", {"job_state": "succeeded"}),
@@ -795,19 +800,8 @@ def test_airflow_failing_to_show_the_task(pages, db_url, monkeypatch):
 
 def test_sign_off_page_numbers_rounds_per_request(pages, db_url):
     seed_request(db_url)
+    spec = chain_spec("prompt-e0026-r00001", IoV(26, 61, 26, 90), "staging_prompt_e0026_b")
     with session_scope(db_url) as session:
-        other = store.get_request(session, UID)
-        spec = RequestSpec(
-            uid="prompt-e0026-r00001",
-            kind="prompt",
-            site="BNL",
-            release=other.release,
-            bucket=IoV(26, 61, 26, 90),
-            calibrations=tuple(CHAIN),
-            staging_tag="staging_prompt_e0026_b",
-            running_tag="b2cal_prompt_running",
-            requested_by="manager",
-        )
         store.save_request(session, spec, load_packaged_release())
     with session_scope(db_url) as session:
         # Another request's round comes first, so this request's rounds have the ids 2 and 3.
@@ -873,5 +867,5 @@ def test_sign_off_page_renders_report_markdown(pages, db_url):
         (0.0, "0 minutes"),
     ],
 )
-def test_span_text_picks_a_readable_unit(days, text):
-    assert span_text(days) == text
+def test_duration_text_picks_readable_unit(days, text):
+    assert duration_text(days) == text

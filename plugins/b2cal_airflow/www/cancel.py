@@ -26,7 +26,7 @@ from b2cal.cdst import CDST_JOB
 from b2cal.db import store
 from b2cal.db.engine import session_scope
 from b2cal.remote import JobPaths, job_folder
-from b2cal.reports import FAILED_JOB_STATES, FINAL_REQUEST_STATES, FINISHED_JOB_STATES
+from b2cal.reports import CANCELLED_JOB_STATE, FAILED_JOB_STATES, FINAL_REQUEST_STATES, FINISHED_JOB_STATES
 from b2cal_airflow.auth import ProductAction, user_login
 from b2cal_airflow.www import data
 from b2cal_airflow.www.airflow_api import AirflowAPIError, AirflowClient, AirflowDep
@@ -228,7 +228,7 @@ def stop_request_work(db_url: str, uid: str, actor: str, reason: str) -> dict[st
             if item.job_state in ENDED_JOB_STATES:
                 continue
             open_rows.append((item.calibration, int(item.attempt or 1), item.ticket_key))
-            store.update_progress(session, uid, item.calibration, job_state=CANCELLED, actor=actor)
+            store.update_progress(session, uid, item.calibration, job_state=CANCELLED_JOB_STATE, actor=actor)
     result: dict[str, Any] = {"stopped_jobs": [], "stop_errors": [], "commented_tickets": []}
     try:
         hook = SiteHook(site)

@@ -9,10 +9,11 @@ calibration within :data:`REPEAT_WINDOW` is taken as a repeated submission and n
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from sqlalchemy import select
@@ -20,7 +21,7 @@ from sqlalchemy import select
 from b2cal.db import store
 from b2cal.db.engine import session_scope
 from b2cal.db.models import AuditEntry
-from b2cal.request import shown
+from b2cal.request import short_repr
 from b2cal_airflow.auth import ProductAction, user_login
 from b2cal_airflow.www.context import (
     CSRF_FIELD,
@@ -78,13 +79,16 @@ def is_repeat(session: Any, uid: str, calibration: str, actor: str, text: str, n
     return at is not None and now - at < REPEAT_WINDOW
 
 
-def comment_problems(rows: list[dict[str, Any]], uid: str, calibration: str, text: str) -> dict[str, str]:
-    """Return what is wrong with a comment form, by field; empty when the comment can be posted."""
+def comment_problems(tickets: Mapping[str, str], uid: str, calibration: str, text: str) -> dict[str, str]:
+    """Return the problems of a comment form by field, or an empty dict when the comment can be posted.
+
+    :param tickets: the ticket key of each calibration of the request that has a ticket.
+    """
     problems = {}
-    with_ticket = [row["calibration"] for row in rows if row.get("ticket_key")]
+    with_ticket = list(tickets)
     if calibration not in with_ticket:
         problems[CALIBRATION_FIELD] = (
-            f"calibration {shown(calibration)} has no ticket in request {uid}; pick one of "
+            f"calibration {short_repr(calibration)} has no ticket in request {uid}; pick one of "
             f"{', '.join(with_ticket) or 'none: the request has no tickets yet'}"
         )
     if not text:
@@ -106,26 +110,32 @@ async def comment_submit(request: Request, uid: str, user: UserDep, settings: Se
     calibration = str(form.get(CALIBRATION_FIELD) or "").strip()
     text = str(form.get(COMMENT_FIELD) or "").strip()
     actor = user_login(user)
-    context = bucket_page_context(request, settings, uid, user)
-    problems = comment_problems(context["calibrations"], uid, calibration, text)
+    with session_scope(settings.db_url()) as session:
+        try:
+            row = store.get_request(session, uid)
+        except store.NotFoundError as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+        tickets = {item.calibration: item.ticket_key for item in row.progress if item.ticket_key}
+        problems = comment_problems(tickets, uid, calibration, text)
+        repeated = not problems and is_repeat(session, uid, calibration, actor, text, datetime.now(UTC))
     if problems:
         log.info("Rejected a comment on %s of %s by %s: %s", calibration, uid, actor, problems)
+        context = bucket_page_context(request, settings, uid, user)
         context.update({"comment_errors": problems, "comment": text, "comment_calibration": calibration})
         return render(request, "bucket.html", context, status_code=422)
 
+    key = tickets[calibration]
     target = f"{prefix(request)}/requests/{uid}#comment-section"
-    with session_scope(settings.db_url()) as session:
-        key = store.get_progress(session, uid, calibration).ticket_key
-        repeated = is_repeat(session, uid, calibration, actor, text, datetime.now(UTC))
     if repeated:
         log.info(
             "Comment by %s on %s of %s was posted already; not posting it again", actor, calibration, uid
         )
         return RedirectResponse(target, status_code=303)
     try:
-        await run_in_threadpool(post_to_ticket, str(key), ticket_text(uid, actor, text))
+        await run_in_threadpool(post_to_ticket, key, ticket_text(uid, actor, text))
     except Exception as exc:  # noqa: BLE001 - any Jira failure is shown on the page, nothing is recorded
-        log.warning("Jira did not take the comment by %s on %s (%s): %s", actor, key, uid, exc)
+        log.warning("Posting the comment by %s on %s (%s) to Jira failed: %s", actor, key, uid, exc)
+        context = bucket_page_context(request, settings, uid, user)
         context.update(
             {
                 "comment_error": f"Jira did not take the comment on {key}: {exc}. Nothing was posted; "

@@ -55,7 +55,7 @@ def markdown_html(text: str | None) -> Markup:
     return Markup(_MARKDOWN.render(text or ""))  # noqa: S704 - markdown-it escapes the text's HTML
 
 
-def span_text(days: float) -> str:
+def duration_text(days: float) -> str:
     """Return a duration given in days as people read it: ``2.40 days``, ``5.5 hours`` or ``12 minutes``."""
     if days >= 1:
         return f"{days:.2f} days"
@@ -66,7 +66,7 @@ def span_text(days: float) -> str:
 
 
 TEMPLATES.env.filters["markdown"] = markdown_html
-TEMPLATES.env.filters["span"] = span_text
+TEMPLATES.env.filters["duration"] = duration_text
 
 
 def _repo_docs() -> Path:

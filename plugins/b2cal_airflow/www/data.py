@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -104,7 +105,21 @@ def calibrated_at(session: Session, uid: str) -> datetime | None:
     return aware(session.scalar(query))
 
 
-def ended_at(session: Session, row: ProcessingRequest) -> datetime | None:
+def _end_times(session: Session, uid: str | None = None) -> dict[tuple[str, str], datetime]:
+    """Return the newest time each request was set to each unmerged final state, by request and state.
+
+    :param uid: one request's times only; every request's when ``None``.
+    """
+    query = select(AuditEntry.request_uid, AuditEntry.message, func.max(AuditEntry.at)).where(
+        AuditEntry.action == "request_state", AuditEntry.message.in_(UNMERGED_FINAL_STATES)
+    )
+    if uid is not None:
+        query = query.where(AuditEntry.request_uid == uid)
+    rows = session.execute(query.group_by(AuditEntry.request_uid, AuditEntry.message))
+    return {(str(uid), str(state)): aware(at) for uid, state, at in rows}  # type: ignore[misc]
+
+
+def _ended_at(row: ProcessingRequest, end_times: Mapping[tuple[str, str], datetime]) -> datetime | None:
     """Return when a request reached its final state other than ``merged``, or None if it has not.
 
     The time is that of the newest audit entry that set the state, or the row's last update when the
@@ -112,12 +127,12 @@ def ended_at(session: Session, row: ProcessingRequest) -> datetime | None:
     """
     if row.state not in UNMERGED_FINAL_STATES:
         return None
-    query = select(func.max(AuditEntry.at)).where(
-        AuditEntry.request_uid == row.uid,
-        AuditEntry.action == "request_state",
-        AuditEntry.message == row.state,
-    )
-    return aware(session.scalar(query)) or aware(row.updated_at)
+    return end_times.get((row.uid, row.state)) or aware(row.updated_at)
+
+
+def ended_at(session: Session, row: ProcessingRequest) -> datetime | None:
+    """Return when request ``row`` reached its final state other than ``merged``, or None if it has not."""
+    return _ended_at(row, _end_times(session, row.uid))
 
 
 def finished_at(session: Session, row: ProcessingRequest, now: datetime) -> datetime:
@@ -180,22 +195,11 @@ def all_durations(session: Session, now: datetime) -> list[BucketDurations]:
     )
     for uid, at in session.execute(query):
         merged[str(uid)] = aware(at)  # type: ignore[assignment]
-    # The newest time each request was set to each unmerged final state, as ended_at() reads it.
-    ended: dict[tuple[str, str], datetime] = {}
-    query = (
-        select(AuditEntry.request_uid, AuditEntry.message, func.max(AuditEntry.at))
-        .where(AuditEntry.action == "request_state", AuditEntry.message.in_(UNMERGED_FINAL_STATES))
-        .group_by(AuditEntry.request_uid, AuditEntry.message)
-    )
-    for uid, state, at in session.execute(query):
-        ended[(str(uid), str(state))] = aware(at)  # type: ignore[assignment]
+    end_times = _end_times(session)
     taken = runcache.data_taken_until_by_request(session)
     result = []
     for row in session.scalars(select(ProcessingRequest).order_by(ProcessingRequest.created_at)):
         bucket = bucket_of(row)
-        end = None
-        if row.state in UNMERGED_FINAL_STATES:
-            end = ended.get((row.uid, row.state)) or aware(row.updated_at)
         result.append(
             bucket_durations(
                 row.uid,
@@ -204,7 +208,7 @@ def all_durations(session: Session, now: datetime) -> list[BucketDurations]:
                 data_taken_until=aware(taken.get(row.uid)),
                 calibrated_at=merged.get(row.uid),
                 now=now,
-                ended_at=end,
+                ended_at=_ended_at(row, end_times),
                 end_state=row.state,
             )
         )

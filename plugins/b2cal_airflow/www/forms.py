@@ -58,7 +58,7 @@ from b2cal.request import (
     check_site_release,
     parse_request,
     request_run_id,
-    shown,
+    short_repr,
 )
 from b2cal_airflow.auth import ProductAction, user_login
 from b2cal_airflow.www.airflow_api import AirflowAPIError, AirflowClient, AirflowDep
@@ -472,7 +472,8 @@ def check_outside(session: Session, settings: PageSettings, form: RequestForm) -
         if not TAG_PATTERN.fullmatch(running):
             # A name the conditions database cannot hold is not looked up there.
             problem = (
-                f"running_tag {shown(running)} is invalid; use 1 to 128 letters, digits, '.', '_', '+' or '-'"
+                f"running_tag {short_repr(running)} is invalid; "
+                "use 1 to 128 letters, digits, '.', '_', '+' or '-'"
             )
         else:
             problem = settings.running_tag_problem(running)
